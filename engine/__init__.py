@@ -1,0 +1,1 @@
+"""spinert runtime: CT in, labelled vertebrae out. Never imports torch at module level."""

@@ -1,0 +1,5 @@
+import sys
+
+from spinert.cli import main
+
+sys.exit(main())
