@@ -1,0 +1,156 @@
+"""Shared model-input preparation: the very same functions feed training and inference.
+
+Canonical frame: the CT resampled to isotropic voxels and reoriented so that the array axes are
+[k, j, i] = [inferior, posterior, left] ("LPI" in SimpleITK/DICOM notation: i grows to the patient's
+left, j to posterior, k to inferior). A sagittal slice is then ``iso[:, :, i]``: rows run head to
+feet, columns anterior to posterior - the usual radiological sagittal view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from engine.errors import InputError
+from engine.types import Volume
+
+CANONICAL = "LPI"
+AIR_HU = -1024.0
+
+
+@dataclass
+class Canonical:
+    """An isotropic CT in the canonical frame, with what is needed to map back to the input grid."""
+
+    array: np.ndarray  # float32 HU, [k, j, i] of the LPI image
+    spacing: float  # mm, isotropic
+    origin: tuple[float, float, float]  # LPS mm of voxel (0, 0, 0)
+    direction: tuple[float, ...]  # of the canonical image (row-major 3x3)
+
+    def index_to_lps(self, kji: np.ndarray) -> np.ndarray:
+        """Array indices [k, j, i] (..., 3) to LPS mm."""
+        ijk = np.asarray(kji, dtype=np.float64)[..., ::-1]
+        d = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        return np.asarray(self.origin) + (ijk * self.spacing) @ d.T
+
+    def lps_to_index(self, lps: np.ndarray) -> np.ndarray:
+        """LPS mm (..., 3) to continuous array indices [k, j, i]."""
+        d = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        ijk = ((np.asarray(lps, dtype=np.float64) - np.asarray(self.origin)) @ d) / self.spacing
+        return ijk[..., ::-1]
+
+
+def volume_to_image(vol: Volume) -> sitk.Image:
+    img = sitk.GetImageFromArray(vol.array)
+    img.SetSpacing(tuple(float(s) for s in vol.spacing))
+    img.SetOrigin(tuple(float(o) for o in vol.origin))
+    img.SetDirection(tuple(float(d) for d in vol.direction))
+    return img
+
+
+def image_to_volume(img: sitk.Image, name: str = "ct") -> Volume:
+    return Volume(sitk.GetArrayFromImage(img), tuple(img.GetSpacing()), tuple(img.GetOrigin()),
+                  tuple(img.GetDirection()), name)
+
+
+def canonical_grid(img: sitk.Image, spacing: float) -> sitk.Image:
+    """An empty reference image: the input's physical extent, reoriented to LPI, isotropic spacing."""
+    oriented = sitk.DICOMOrient(img, CANONICAL)  # exact axis permutation/flip, no interpolation
+    old_sp = np.asarray(oriented.GetSpacing())
+    old_sz = np.asarray(oriented.GetSize())
+    new_sz = np.maximum(1, np.round(old_sz * old_sp / spacing)).astype(int)
+    ref = sitk.Image([int(s) for s in new_sz], sitk.sitkUInt8)
+    ref.SetSpacing((spacing,) * 3)
+    ref.SetDirection(oriented.GetDirection())
+    # Keep the same physical extent: the first voxel's corner stays where it was.
+    d = np.asarray(oriented.GetDirection()).reshape(3, 3)
+    corner = np.asarray(oriented.GetOrigin()) - d @ (old_sp / 2)
+    ref.SetOrigin(tuple(corner + d @ (np.full(3, spacing) / 2)))
+    return ref
+
+
+def to_canonical(vol: Volume, spacing: float = 1.0) -> Canonical:
+    """Reorient to LPI and resample to isotropic ``spacing`` mm (linear interpolation, air outside)."""
+    img = volume_to_image(vol)
+    if img.GetPixelID() != sitk.sitkFloat32:
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    ref = canonical_grid(img, spacing)
+    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    return Canonical(sitk.GetArrayFromImage(out), float(spacing), tuple(out.GetOrigin()),
+                     tuple(out.GetDirection()))
+
+
+def labels_to_canonical(labels: Volume, canon: Canonical) -> np.ndarray:
+    """A label map on the input grid resampled (nearest neighbour) onto the canonical grid."""
+    img = volume_to_image(labels)
+    ref = sitk.Image([int(s) for s in canon.array.shape[::-1]], sitk.sitkUInt8)
+    ref.SetSpacing((canon.spacing,) * 3)
+    ref.SetOrigin(canon.origin)
+    ref.SetDirection(canon.direction)
+    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
+    return sitk.GetArrayFromImage(out)
+
+
+def canonical_to_input(labels_kji: np.ndarray, canon: Canonical, vol: Volume) -> np.ndarray:
+    """A canonical-grid label map resampled (nearest neighbour) onto the input grid, array [k, j, i]."""
+    img = sitk.GetImageFromArray(labels_kji)
+    img.SetSpacing((canon.spacing,) * 3)
+    img.SetOrigin(canon.origin)
+    img.SetDirection(canon.direction)
+    ref = sitk.Image([int(s) for s in vol.size], sitk.sitkUInt8)
+    ref.SetSpacing(tuple(float(s) for s in vol.spacing))
+    ref.SetOrigin(tuple(float(o) for o in vol.origin))
+    ref.SetDirection(tuple(float(d) for d in vol.direction))
+    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
+    return sitk.GetArrayFromImage(out)
+
+
+def window(hu: np.ndarray, lo: float, hi: float, xp=np) -> np.ndarray:
+    """HU window to [0, 1] float32."""
+    return xp.clip((hu.astype(xp.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def crop_centered(arr: np.ndarray, center_kji, size, fill: float, xp=np) -> np.ndarray:
+    """Crop a box of ``size`` (per axis) centred on ``center_kji`` (rounded), padding with ``fill``."""
+    size = np.asarray(size, dtype=int)
+    start = np.round(np.asarray(center_kji, dtype=np.float64)).astype(int) - size // 2
+    out = xp.full(tuple(size), fill, dtype=arr.dtype)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + size, arr.shape)
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - start
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+        arr[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    return out
+
+
+def roi_start(center_kji, size) -> np.ndarray:
+    """Array index of a centred crop's first voxel (may be negative), matching crop_centered."""
+    size = np.asarray(size, dtype=int)
+    return np.round(np.asarray(center_kji, dtype=np.float64)).astype(int) - size // 2
+
+
+def center_weight(size: int, sigma_vox: float, xp=np) -> np.ndarray:
+    """The segmenter's second channel: a Gaussian peaked (1.0) at the ROI centre."""
+    r = xp.arange(size, dtype=xp.float32) - size // 2
+    g = xp.exp(-(r ** 2) / (2.0 * sigma_vox ** 2))
+    return (g[:, None, None] * g[None, :, None] * g[None, None, :]).astype(xp.float32)
+
+
+def check_volume(vol: Volume, max_voxels: int = 1024 ** 3 // 2, max_spacing_mm: float = 5.0) -> None:
+    """Reject volumes the cascade cannot handle with one clear message."""
+    a = vol.array
+    if a.ndim != 3:
+        raise InputError(f"{vol.name}: expected a 3-D volume, got {a.ndim}-D")
+    if min(a.shape) < 2:
+        raise InputError(f"{vol.name}: volume is empty or flat (size {vol.size})")
+    if a.size > max_voxels:
+        raise InputError(f"{vol.name}: volume too large ({a.size / 1e6:.0f} M voxels > {max_voxels / 1e6:.0f} M)")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise InputError(f"{vol.name}: volume contains NaN or infinite values")
+    if max(vol.spacing) > max_spacing_mm:
+        raise InputError(f"{vol.name}: voxel spacing {tuple(round(s, 2) for s in vol.spacing)} mm is too coarse "
+                         f"(> {max_spacing_mm} mm); vertebrae cannot be resolved")
