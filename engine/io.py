@@ -45,8 +45,10 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     except InputError:
         raise
     except RuntimeError as exc:  # SimpleITK reports every reader failure as RuntimeError
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unreadable")
-        raise InputError(f"{p}: cannot read image ({first[:160]})") from None
+        # SimpleITK's first lines are source locations; the useful reason is the last non-empty line.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "sitk" not in ln and ".cxx" not in ln]
+        why = lines[-1][:160] if lines else "not a readable NIfTI/NRRD/MHA/DICOM image"
+        raise InputError(f"{p}: cannot read image ({why})") from None
     if img.GetDimension() != 3:
         raise InputError(f"{p}: expected a 3-D image, got {img.GetDimension()}-D")
     if img.GetNumberOfComponentsPerPixel() != 1:
