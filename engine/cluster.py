@@ -1,0 +1,458 @@
+"""Vectorised DBSCAN (scikit-learn's exact semantics) and the cascade's two-stage box clustering.
+
+``DBSCAN`` reproduces ``sklearn.cluster.DBSCAN(eps, min_samples, metric="euclidean")`` exactly:
+same neighbourhoods (``||a - b||^2 <= eps^2``, the point itself included), same core points
+(``count >= min_samples``), same partition, same noise, and the same label numbering. sklearn grows
+clusters in index order: the cluster of the lowest-index unlabelled core point is expanded completely
+(depth-first, `_dbscan_inner.pyx`) before the next one starts. Hence
+
+* cluster numbers follow the smallest core-point index of each core component, and
+* a border point next to cores of several clusters ends in the lowest-numbered of them (the first
+  expansion that reaches it claims it; later ones skip labelled points).
+
+Both rules are order statistics, so they vectorise: neighbour pairs from a sort-and-sweep along the
+axis of widest spread (candidates inside an eps-slab, then the exact distance test), core mask from
+pair counts, connected components of the core-core graph, and a scatter-min for the border points.
+Everything is written against an array module ``xp`` (numpy or CuPy, ``engine.xp.get_xp``); on numpy
+the components come from ``scipy.sparse.csgraph`` (C speed), elsewhere from a min-label propagation
+with pointer jumping written in array ops (tested equal to scipy's on the CPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from engine.xp import get_xp, is_numpy, to_numpy
+
+NOISE = -1
+
+# Upper bound on candidate pairs handled at once (memory: ~10 arrays of this many float64/int64).
+_MAX_PAIRS_PER_CHUNK = 4_000_000
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def _scatter_min(xp: ModuleType, target, index, values) -> None:
+    """In place: target[index[n]] = min(target[index[n]], values[n]), repeated indices allowed."""
+    if is_numpy(xp):
+        np.minimum.at(target, index, values)
+    else:  # CuPy: atomicMin-based scatter
+        import cupyx
+
+        cupyx.scatter_min(target, index, values)
+
+
+def _neighbour_pairs_sorted(X, eps: float, xp: ModuleType):
+    """Neighbour pairs of the rows of X, in a sorted index space.
+
+    Returns ``(order, src, dst)``: ``order`` sorts the points, and (src, dst) are positions in that
+    order (so the points are ``order[src]``, ``order[dst]``) of every unordered pair with
+    ``sum((X[i] - X[j])**2) <= eps**2``, each pair once, ``src`` non-decreasing (a CSR row order).
+
+    Candidates come from a strip grid: the axis of widest spread (a) is cut into cells one eps wide,
+    and inside a cell the points are sorted along another axis (b). A neighbour of a point lies in its
+    own cell or the next one, within +-eps along b: two contiguous windows of the sort, found by
+    ``searchsorted``. Windows are widened by a relative slack so they are a superset of the true
+    neighbours despite rounding; the exact test (same summation order as sklearn's KD-tree ``rdist``,
+    so ties agree) decides.
+    """
+    n, d = X.shape
+    it = xp.int64  # numpy gathers convert any other index dtype to intp first: keep intp
+    if n < 2:
+        return xp.arange(n, dtype=it), xp.zeros(0, dtype=it), xp.zeros(0, dtype=it)
+    mins = X.min(axis=0)
+    spread = to_numpy(X.max(axis=0) - mins)
+    a = int(np.argmax(spread))
+    width = eps * (1.0 + 1e-6)
+    cell = xp.floor((X[:, a] - mins[a]) / width)
+    # Axis b: the one that best separates points inside a cell. Detection sets are chains across
+    # sagittal slices, so pick the axis with the most distinct eps-cells among the remaining ones.
+    b, best = None, -1
+    for c in range(d):
+        if c == a:
+            continue
+        occupied = int(xp.unique(cell * (2.0 + spread[c] / width) + xp.floor((X[:, c] - mins[c]) / width)).shape[0])
+        if occupied > best:
+            b, best = c, occupied
+    xb = (X[:, b] - mins[b]) if b is not None else xp.zeros(n, dtype=X.dtype)
+    span_b = float(spread[b]) if b is not None else 0.0
+    stride = span_b + 4.0 * eps + 1.0  # cells never overlap in key space
+    key = cell * stride + xb
+    order = xp.argsort(key, kind="stable").astype(it)
+    key = key[order]
+    slack = eps * 1e-6 + 1e-9 * float(xp.abs(key[-1])) + 1e-300
+    ar = xp.arange(n, dtype=it)
+    # Window 1: own cell, later in the sort, b within +eps. Window 2: next cell, b within +-eps.
+    # Interleaved per row, so the expanded pairs come out with src non-decreasing.
+    lo = xp.stack([ar + 1, xp.searchsorted(key, key + (stride - eps - slack), side="left").astype(it)], 1)
+    hi = xp.stack([xp.searchsorted(key, key + (eps + slack), side="right").astype(it),
+                   xp.searchsorted(key, key + (stride + eps + slack), side="right").astype(it)], 1)
+    lo, hi = lo.reshape(-1), hi.reshape(-1)
+    cnt = xp.maximum(hi - lo, 0)
+    rows = xp.repeat(ar, 2)
+    Xs = X[order]
+    cols = [xp.ascontiguousarray(Xs[:, c]) for c in range(d)]
+    r2 = eps * eps
+    # Chunk the windows so at most _MAX_PAIRS_PER_CHUNK candidates exist at once.
+    cum = to_numpy(xp.cumsum(cnt))
+    if cum[-1] == 0:
+        z = xp.zeros(0, dtype=it)
+        return order, z, z
+    cuts = np.searchsorted(cum, np.arange(_MAX_PAIRS_PER_CHUNK, cum[-1], _MAX_PAIRS_PER_CHUNK))
+    bounds = sorted(set([0, *cuts.tolist(), rows.shape[0]]))
+    srcs, dsts = [], []
+    for w0, w1 in zip(bounds[:-1], bounds[1:]):
+        c = cnt[w0:w1]
+        total = int(c.sum())
+        if total == 0:
+            continue
+        start = xp.cumsum(c) - c
+        if is_numpy(xp):  # repeat is a streaming write: cheaper than gathers
+            src = np.repeat(rows[w0:w1], c)
+            dst = np.arange(total, dtype=it) + np.repeat(lo[w0:w1] - start, c)
+            d2 = None
+            for col in cols:  # ((0 + dx0^2) + dx1^2) + ...: sklearn's rdist order, so ties agree
+                t = np.repeat(col[rows[w0:w1]], c)
+                t -= col[dst]
+                t *= t
+                d2 = t if d2 is None else d2.__iadd__(t)
+        else:  # cupy.repeat needs host repeats: locate each pair's window on the running count
+            w = xp.searchsorted(xp.cumsum(c), xp.arange(total, dtype=it), side="right").astype(it)
+            src = rows[w0:w1][w]
+            dst = xp.arange(total, dtype=it) + (lo[w0:w1] - start)[w]
+            d2 = None
+            for col in cols:
+                t = col[src] - col[dst]
+                d2 = t * t if d2 is None else d2 + t * t
+        keep = d2 <= r2
+        srcs.append(src[keep])
+        dsts.append(dst[keep])
+    if not srcs:
+        z = xp.zeros(0, dtype=it)
+        return order, z, z
+    src = xp.concatenate(srcs) if len(srcs) > 1 else srcs[0]
+    dst = xp.concatenate(dsts) if len(dsts) > 1 else dsts[0]
+    return order, src, dst
+
+
+def neighbour_pairs(X, eps: float, xp: ModuleType | None = None):
+    """Every unordered pair (i, j) of rows of X within euclidean distance eps (<=), as index arrays."""
+    xp = xp or get_xp(X)
+    X = xp.asarray(X, dtype=xp.float64)
+    order, s, t = _neighbour_pairs_sorted(X, float(eps), xp)
+    return order[s], order[t]
+
+
+def connected_components_min_label(n: int, src, dst, xp: ModuleType):
+    """Component label of every node = smallest node index in its component (array ops only).
+
+    Min-label propagation with root hooking and pointer jumping (a Shiloach-Vishkin variant):
+    invariant ``lab[v] <= v`` and ``lab[v]`` in v's component; at the fixed point every edge joins
+    equal labels, so each component carries its minimum index. O(log n) rounds in practice.
+    """
+    lab = xp.arange(n, dtype=xp.int64)
+    if src.shape[0] == 0:
+        return lab
+    while True:
+        ls, ld = lab[src], lab[dst]
+        m = xp.minimum(ls, ld)
+        new = lab.copy()
+        _scatter_min(xp, new, ls, m)  # hook the roots, not just the endpoints: halves the rounds
+        _scatter_min(xp, new, ld, m)
+        _scatter_min(xp, new, src, m)
+        _scatter_min(xp, new, dst, m)
+        while True:  # pointer jumping
+            nn = new[new]
+            if not bool(xp.any(nn != new)):
+                break
+            new = nn
+        if not bool(xp.any(new != lab)):
+            return lab
+        lab = new
+
+
+def _components(n: int, src, dst, xp: ModuleType, method: str):
+    """Component id per node, for the undirected graph (src, dst); ``src`` must be non-decreasing."""
+    if method == "auto":
+        method = "scipy" if is_numpy(xp) else "propagate"
+    if method == "scipy":
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        src, dst = to_numpy(src), to_numpy(dst)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+        g = csr_matrix((np.ones(src.shape[0]), dst, indptr), shape=(n, n))  # float64: no conversion
+        return xp.asarray(connected_components(g, directed=True, connection="weak")[1])
+    if method == "propagate":
+        return connected_components_min_label(n, src, dst, xp)
+    raise ValueError(f"unknown components method {method!r}")
+
+
+# ------------------------------------------------------------------------------------------ DBSCAN
+
+@dataclass
+class DBSCAN:
+    """DBSCAN with scikit-learn's semantics (euclidean metric), vectorised for numpy and CuPy.
+
+    ``fit_predict(X)`` returns int64 labels (noise = -1) numbered exactly as sklearn numbers them.
+    After fitting, ``labels_`` and ``core_sample_indices_`` are set like sklearn's attributes.
+    ``components``: "auto" (scipy on numpy, array-op propagation on CuPy), "scipy" or "propagate".
+    """
+
+    eps: float = 0.5
+    min_samples: int = 5
+    components: str = "auto"
+    labels_: Any = field(default=None, init=False, repr=False)
+    core_sample_indices_: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (float(self.eps) > 0.0 and np.isfinite(self.eps)):
+            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
+        if int(self.min_samples) < 1 or int(self.min_samples) != self.min_samples:
+            raise ValueError(f"min_samples must be an integer >= 1, got {self.min_samples!r}")
+
+    def fit(self, X, xp: ModuleType | None = None) -> "DBSCAN":
+        xp = xp or get_xp(X)
+        X = xp.asarray(X, dtype=xp.float64)
+        if X.ndim == 1:
+            raise ValueError("X must be 2-D (n_samples, n_features); reshape a single feature to (-1, 1)")
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
+        n = X.shape[0]
+        if n and not bool(xp.all(xp.isfinite(X))):
+            raise ValueError("X contains NaN or infinite values")
+        if n == 0:
+            self.labels_ = xp.zeros(0, dtype=xp.int64)
+            self.core_sample_indices_ = xp.zeros(0, dtype=xp.int64)
+            return self
+        # Work in the sweep's sorted index space (CSR-ordered pairs), map back at the end.
+        order, src, dst = _neighbour_pairs_sorted(X, float(self.eps), xp)
+        counts = xp.bincount(src, minlength=n) + xp.bincount(dst, minlength=n) + 1  # +1: itself
+        core = counts >= int(self.min_samples)
+        lab_s = xp.full(n, NOISE, dtype=xp.int64)
+        if not bool(xp.any(core)):
+            self.labels_ = lab_s
+            self.core_sample_indices_ = xp.zeros(0, dtype=xp.int64)
+            return self
+        both = core[src] & core[dst]
+        comp = _components(n, src[both], dst[both], xp, self.components)
+        # sklearn's numbering: rank of each core component by its smallest ORIGINAL core index.
+        core_pos = xp.nonzero(core)[0]
+        big = xp.iinfo(xp.int64).max
+        first = xp.full(n, big, dtype=xp.int64)
+        _scatter_min(xp, first, comp[core_pos], order[core_pos])
+        root = first[comp[core_pos]]
+        lab_s[core_pos] = xp.searchsorted(xp.unique(root), root).astype(xp.int64)
+        # Border points: the lowest-numbered adjacent cluster claims them (first expansion wins).
+        one = core[src] ^ core[dst]
+        if bool(xp.any(one)):
+            s, t = src[one], dst[one]
+            cs = core[s]
+            border = xp.where(cs, t, s)
+            owner = xp.where(cs, s, t)
+            best = xp.full(n, big, dtype=xp.int64)
+            _scatter_min(xp, best, border, lab_s[owner])
+            hit = best != big
+            lab_s[hit] = best[hit]
+        labels = xp.empty(n, dtype=xp.int64)
+        labels[order] = lab_s
+        self.labels_ = labels
+        self.core_sample_indices_ = xp.sort(order[core_pos])
+        return self
+
+    def fit_predict(self, X, xp: ModuleType | None = None):
+        return self.fit(X, xp=xp).labels_
+
+
+def dbscan(X, eps: float, min_samples: int, xp: ModuleType | None = None):
+    """Functional form: labels of ``DBSCAN(eps, min_samples).fit_predict(X)``."""
+    return DBSCAN(eps=eps, min_samples=min_samples).fit_predict(X, xp=xp)
+
+
+# ------------------------------------------------------------------------- two-stage box clustering
+
+@dataclass
+class BoxSet:
+    """Detector output for one CT: every box from every sagittal slice, in the canonical iso volume.
+
+    Canonical frame (engine.preprocess): array [k, j, i] = [inferior, posterior, left] with isotropic
+    ``spacing`` mm; sagittal slice ``i`` is ``iso[:, :, i]`` (rows = k head to feet, cols = j
+    anterior to posterior). Per box n (all arrays length N, numpy or CuPy):
+
+    * ``slice_index[n]``: the slice's i index (int or float);
+    * ``center_rc[n] = (row, col)``: box centre in that slice's pixels, i.e. (k, j), in pixels of the
+      canonical iso volume (not of a letterboxed detector input);
+    * ``size_hw[n] = (h, w)``: box height along rows (k) and width along cols (j), pixels;
+    * ``score[n]``: detector confidence in [0, 1].
+    """
+
+    slice_index: Any  # (N,)
+    center_rc: Any  # (N, 2) (row=k, col=j), pixels
+    size_hw: Any  # (N, 2) (h along k, w along j), pixels
+    score: Any  # (N,)
+    spacing: float = 1.0  # mm per pixel/slice (isotropic)
+
+    def __post_init__(self) -> None:
+        n = int(self.slice_index.shape[0]) if hasattr(self.slice_index, "shape") else len(self.slice_index)
+        xp = get_xp(self.slice_index, self.center_rc, self.size_hw, self.score)
+        self.slice_index = xp.asarray(self.slice_index).reshape(-1)
+        self.center_rc = xp.asarray(self.center_rc, dtype=xp.float64).reshape(-1, 2)
+        self.size_hw = xp.asarray(self.size_hw, dtype=xp.float64).reshape(-1, 2)
+        self.score = xp.asarray(self.score, dtype=xp.float64).reshape(-1)
+        if not (self.center_rc.shape[0] == self.size_hw.shape[0] == self.score.shape[0] == n):
+            raise ValueError("BoxSet arrays must all have the same length")
+        if not float(self.spacing) > 0:
+            raise ValueError(f"spacing must be > 0, got {self.spacing!r}")
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    @classmethod
+    def empty(cls, spacing: float = 1.0) -> "BoxSet":
+        return cls(np.zeros(0), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), spacing)
+
+    def centers_mm(self):
+        """(N, 3) box centres in mm, canonical array order (k, j, i)."""
+        xp = get_xp(self.center_rc)
+        return xp.concatenate([self.center_rc, self.slice_index.astype(xp.float64)[:, None]],
+                              axis=1) * float(self.spacing)
+
+    def sizes_mm(self):
+        """(N, 2) box (h, w) in mm."""
+        return self.size_hw * float(self.spacing)
+
+
+@dataclass
+class VertebraCandidate:
+    """One clustered vertebra (host values). Coordinates are canonical array order (k, j, i), in mm
+    (divide by the BoxSet spacing for voxel indices of the iso volume)."""
+
+    center_mm: np.ndarray  # (3,) mean of the kept boxes' centres
+    count: int  # kept boxes (after stage 2)
+    score: float  # mean detector score of the kept boxes
+    extent_mm: np.ndarray  # (3, 2) [[k_min, k_max], [j_min, j_max], [i_min, i_max]] of the kept boxes
+    box_indices: np.ndarray  # indices into the BoxSet of the kept boxes
+    size_mm: np.ndarray = field(default_factory=lambda: np.zeros(2))  # (2,) mean kept box (h, w)
+
+
+@dataclass
+class ClusterParams:
+    """Two-stage clustering parameters, tuned for ~1 mm isotropic volumes and every sagittal slice.
+
+    * ``eps_mm = 6``: a vertebra's boxes form a chain across its ~15-50 sagittal slices; neighbours
+      one slice (1 mm) apart move by 1-2 mm in-plane, so 6 mm links them even across 3-4 missed
+      slices (with 5 mm, runs of missed slices split a vertebra in ~10 % of synthetic spines), while
+      adjacent vertebrae are >= ~15 mm (cervical) to 35 mm (lumbar) apart along the spine, so
+      clusters only merge through a chain of stray boxes spanning a disc.
+    * ``min_samples = 5``: a point in a vertebra chain has ~10-12 boxes within 6 mm; an isolated false
+      positive has none. If the detector runs only every s-th slice, keep min_samples <= 2*floor(eps/s)+1.
+    * ``size_eps_mm = 5``, ``size_min_samples = 3``: box sizes change smoothly from slice to slice
+      (up to ~2 mm per slice near the lateral ends, where the section shrinks fast), so the size chain
+      stays one sub-cluster even with missed slices, while boxes covering two vertebrae or only a
+      fragment jump by >= ~10 mm and fall out.
+    * ``min_fraction = 0.2``: the paper's rule, clusters with < 0.2 x the largest count are dropped.
+    """
+
+    eps_mm: float = 6.0
+    min_samples: int = 5
+    size_eps_mm: float = 5.0
+    size_min_samples: int = 3
+    min_fraction: float = 0.2
+
+
+def _stage2_keep(xp: ModuleType, lab1, sizes, size_eps: float, size_min: int):
+    """Boolean mask of boxes kept by stage 2, for all stage-1 clusters in ONE DBSCAN call.
+
+    Each cluster's (h, w) points are shifted along an extra axis by ``cluster * gap`` with a gap far
+    larger than eps: distances inside a cluster are unchanged (the extra coordinate differs by exactly
+    0), distances across clusters exceed eps, so this equals running DBSCAN per cluster.
+    """
+    m = lab1 >= 0
+    idx = xp.nonzero(m)[0]
+    keep = xp.zeros(lab1.shape[0], dtype=bool)
+    if idx.shape[0] == 0:
+        return keep
+    parent = lab1[idx]
+    gap = 4.0 * size_eps + 2.0 * float(xp.abs(sizes).max()) + 1.0
+    pts = xp.concatenate([parent.astype(xp.float64)[:, None] * gap, sizes[idx]], axis=1)
+    lab2 = DBSCAN(size_eps, size_min).fit_predict(pts, xp=xp)
+    n1 = int(parent.max()) + 1
+    # Sub-cluster labels are global and each belongs to one parent. Pick the most populated per parent,
+    # ties to the lower label (= discovered first).
+    has = lab2 >= 0
+    n2 = int(lab2.max()) + 1 if bool(xp.any(has)) else 0
+    keep_sub = xp.zeros(idx.shape[0], dtype=bool)
+    if n2:
+        cnt = xp.bincount(lab2[has], minlength=n2)
+        sub_parent = xp.zeros(n2, dtype=xp.int64)
+        sub_parent[lab2[has]] = parent[has]
+        # Encode (count desc, label asc) into one sortable key, then take the max per parent.
+        key = cnt.astype(xp.int64) * (n2 + 1) + (n2 - xp.arange(n2, dtype=xp.int64))
+        best = xp.full(n1, -1, dtype=xp.int64)
+        if is_numpy(xp):
+            np.maximum.at(best, sub_parent, key)
+        else:
+            import cupyx
+
+            cupyx.scatter_max(best, sub_parent, key)
+        chosen = xp.zeros(n2, dtype=bool)
+        chosen[n2 - (best[sub_parent] % (n2 + 1))] = True  # the winner of each parent
+        keep_sub = has & chosen[xp.where(has, lab2, 0)]
+        has_sub = xp.zeros(n1, dtype=bool)
+        has_sub[sub_parent] = True
+    else:
+        has_sub = xp.zeros(n1, dtype=bool)
+    # A cluster whose sizes are all stage-2 noise has no main class: keep all its boxes (recall first).
+    keep_sub = keep_sub | ~has_sub[parent]
+    keep[idx] = keep_sub
+    return keep
+
+
+def cluster_boxes(boxes: BoxSet, params: ClusterParams | None = None) -> list[VertebraCandidate]:
+    """The paper's two-stage DBSCAN: boxes from all sagittal slices -> vertebra candidates.
+
+    Stage 1 clusters the 3-D box centres (k, j, i) in mm; stage 2 clusters the boxes' (h, w) in mm
+    inside each stage-1 cluster and keeps the most populated sub-cluster; clusters with fewer kept
+    boxes than ``min_fraction`` x the largest are dropped. Candidates come back ordered top to bottom
+    (ascending k, canonical frame: k grows to the feet), centres = mean of the kept box centres.
+    """
+    p = params or ClusterParams()
+    n = len(boxes)
+    if n == 0:
+        return []
+    xp = get_xp(boxes.center_rc)
+    centres = boxes.centers_mm()
+    sizes = boxes.sizes_mm()
+    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(centres, xp=xp)
+    if not bool(xp.any(lab1 >= 0)):
+        return []
+    keep = _stage2_keep(xp, lab1, sizes, p.size_eps_mm, p.size_min_samples)
+    lab = xp.where(keep, lab1, -1)
+    n1 = int(lab1.max()) + 1
+    cnt = xp.bincount(lab[keep], minlength=n1)
+    big = int(cnt.max())
+    ok = (cnt > 0) & (cnt >= p.min_fraction * big)
+    # Per-cluster sums in one pass each (bincount with weights), then one host transfer.
+    w = lab[keep]
+    sums = xp.stack([xp.bincount(w, weights=centres[keep, c], minlength=n1) for c in range(3)], 1)
+    ssum = xp.stack([xp.bincount(w, weights=sizes[keep, c], minlength=n1) for c in range(2)], 1)
+    scs = xp.bincount(w, weights=boxes.score[keep], minlength=n1)
+    half = sizes / 2.0
+    lo = centres - xp.concatenate([half, xp.zeros((n, 1))], axis=1)
+    hi = centres + xp.concatenate([half, xp.zeros((n, 1))], axis=1)
+    lab_h, keep_h, lo_h, hi_h = to_numpy(lab), to_numpy(keep), to_numpy(lo), to_numpy(hi)
+    cnt_h, ok_h = to_numpy(cnt), to_numpy(ok)
+    sums_h, ssum_h, scs_h = to_numpy(sums), to_numpy(ssum), to_numpy(scs)
+    out = []
+    for c in np.nonzero(ok_h)[0]:
+        members = np.nonzero(keep_h & (lab_h == c))[0]
+        k = float(cnt_h[c])
+        extent = np.stack([lo_h[members].min(0), hi_h[members].max(0)], axis=1)
+        out.append(VertebraCandidate(center_mm=sums_h[c] / k, count=int(k), score=float(scs_h[c] / k),
+                                     extent_mm=extent, box_indices=members, size_mm=ssum_h[c] / k))
+    out.sort(key=lambda v: float(v.center_mm[0]))
+    return out

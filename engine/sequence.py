@@ -1,0 +1,295 @@
+"""Positional label logic: the most probable anatomically consistent label sequence (Viterbi).
+
+The labeller scores each vertebra independently; the spine is a chain. Given the candidates ordered
+top to bottom, we decode labels that strictly follow ``engine.labels.CRANIOCAUDAL``:
+
+* consecutive levels by default (T12 then L1, L5 then S - skipping a transitional level is normal);
+* a skip of k levels (a missed vertebra) only with a per-level log-prior AND a gap between the two
+  centres that is large for those levels: every transition a -> b scores the gap's log-normal
+  likelihood around the expected centre distance from a to b, so a gap about twice the usual favours
+  "one level missing", and a gap below ``min_skip_ratio`` x the consecutive expectation forbids the
+  skip outright;
+* transitional T13 (28, between T12 and L1) and L6 (25, between L5 and S) at a low prior, so they are
+  used only when the scores support them;
+* partial field of view: the sequence may start and end at any level.
+
+Expected centre distances are population values scaled per patient: a first pass decodes with scale 1,
+the scale is re-estimated as the median of observed / expected distances, and a second pass decodes
+with it. Confidence per vertebra is the posterior marginal of its chosen label (forward-backward on
+the same chain model).
+
+This is tiny host-side work (N <= ~30 candidates x 28 levels); inputs may be CuPy arrays, they are
+brought to the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.labels import CRANIOCAUDAL, NAMES
+from engine.xp import to_numpy
+
+TRANSITIONAL: tuple[int, ...] = (28, 25)  # T13, L6
+
+# Typical adult centre-to-centre distance (mm) from each non-transitional level to the next one
+# (C1 -> C2 ... L5 -> S, S -> Co). Rounded from CT morphometry (vertebral body height + disc height);
+# only ratios matter much since a per-patient scale is estimated.
+DEFAULT_STEP_MM: dict[int, float] = {
+    1: 16.0, 2: 20.0, 3: 16.0, 4: 16.0, 5: 16.0, 6: 16.0, 7: 17.0,  # C1..C7 ->
+    8: 19.0, 9: 20.0, 10: 21.0, 11: 22.0, 12: 22.0, 13: 23.0, 14: 24.0, 15: 25.0,  # T1..T8 ->
+    16: 26.0, 17: 27.0, 18: 29.0, 19: 31.0,  # T9..T12 ->
+    20: 33.0, 21: 35.0, 22: 36.0, 23: 36.0, 24: 40.0,  # L1..L5 ->
+    26: 50.0,  # S -> Co
+}
+
+
+@dataclass
+class SequenceParams:
+    """Priors and penalties of the chain model (log-space; nats).
+
+    * ``skip_logprior = -3``: per missed level; a miss is uncommon but must beat a couple of
+      confidently wrong scores when the gap says so.
+    * ``transitional_logprior = -1.5``: T13 / L6 are rare (~5 %), but the labeller's softmax already
+      reflects that from training; this extra prior only asks for a clear margin (a transitional
+      score ~4.5x the alternative's) before a T13 / L6 is inserted.
+    * ``gap_sigma = 0.2``: spread of log(observed / expected distance) between adjacent centres
+      (levels and patients differ by ~10-20 %). Every transition scores -(ln(gap/expected))^2/(2 sigma^2):
+      a gap twice the consecutive expectation costs the consecutive reading (ln 2)^2 / 0.08 = 6 nats,
+      while the one-level skip reading fits it (~0) and pays ``skip_logprior``.
+    * ``gap_penalty_cap = 8``: the most one gap can cost, so one bad centre cannot dominate.
+    * ``min_skip_ratio = 1.4``: a skip is impossible when gap < 1.4 x the consecutive expectation
+      (a normal gap forbids it) - a missed vertebra leaves ~2x.
+    * ``max_skip = 3``: at most 3 missed levels between two detected vertebrae.
+    * ``prob_floor = 1e-4``: scores are clipped here, so one confidently wrong row costs at most
+      ~9 nats and can be overruled by its neighbours.
+    * ``estimate_scale``: refine the patient scale from a first pass (clamped to ``scale_bounds``).
+    """
+
+    skip_logprior: float = -3.0
+    transitional_logprior: float = -1.5
+    gap_sigma: float = 0.2
+    gap_penalty_cap: float = 8.0
+    min_skip_ratio: float = 1.4
+    max_skip: int = 3
+    prob_floor: float = 1e-4
+    estimate_scale: bool = True
+    scale_bounds: tuple[float, float] = (0.6, 1.6)
+    step_mm: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_STEP_MM))
+
+
+@dataclass
+class SequenceResult:
+    labels: list[int]  # VerSe IDs, input order (top to bottom), strictly increasing in CRANIOCAUDAL
+    confidence: list[float]  # posterior probability of each chosen label
+    log_score: float  # joint log-score of the decoded path (emissions + priors + gap terms)
+    missed: list[tuple[int, list[int]]]  # (i, levels skipped between candidate i and i + 1)
+    scale: float  # patient scale applied to the expected distances
+    consistent: bool = True  # False only if no consistent sequence exists (more candidates than levels)
+
+    @property
+    def names(self) -> list[str]:
+        return [NAMES[lab] for lab in self.labels]
+
+
+_STATES = np.asarray(CRANIOCAUDAL)
+_S = len(_STATES)
+_IS_TRANS = np.isin(_STATES, TRANSITIONAL)
+
+
+def _chain_tables(step_mm: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(expected distance, skipped levels) between every ordered pair of states (S x S).
+
+    Distance from state a to b (a before b) walks the chain through non-transitional levels; a
+    transitional level counts only as an endpoint (T12 -> L1 is one step, as are T12 -> T13 and
+    T13 -> L1, each with the T12 -> L1 distance). Entries with b <= a are nan / -1.
+    """
+    core = [s for s in CRANIOCAUDAL if s not in TRANSITIONAL]
+    # Distance from every state to its next core level.
+    nxt_core = {}
+    for s in CRANIOCAUDAL:
+        later = [c for c in core if CRANIOCAUDAL.index(c) > CRANIOCAUDAL.index(s)]
+        nxt_core[s] = later[0] if later else None
+    pos = {c: i for i, c in enumerate(core)}
+    cum = np.concatenate([[0.0], np.cumsum([step_mm.get(c, 25.0) for c in core[:-1]])])
+    prev_core = {s: max((c for c in core if CRANIOCAUDAL.index(c) < CRANIOCAUDAL.index(s)),
+                        key=CRANIOCAUDAL.index, default=None) for s in CRANIOCAUDAL}
+
+    def z(s: int) -> float:  # coordinate along the chain; transitional sits one step after its predecessor
+        if s in TRANSITIONAL:
+            p = prev_core[s]
+            return float(cum[pos[p]]) + step_mm.get(p, 25.0)
+        return float(cum[pos[s]])
+
+    dist = np.full((_S, _S), np.nan)
+    skipped = np.full((_S, _S), -1, dtype=np.int64)
+    for ia, a in enumerate(CRANIOCAUDAL):
+        for ib in range(ia + 1, _S):
+            b = CRANIOCAUDAL[ib]
+            between = [CRANIOCAUDAL[t] for t in range(ia + 1, ib)]
+            skipped[ia, ib] = sum(1 for t in between if t not in TRANSITIONAL)
+            if a in TRANSITIONAL:  # T13 -> L1 is a full step; then on along the chain
+                d = (z(nxt_core[a]) - z(prev_core[a])) + (z(b) - z(nxt_core[a]))
+            else:  # z(T13) = z(T12) + step(T12): entering a transitional level is one full step
+                d = z(b) - z(a)
+            dist[ia, ib] = d
+    return dist, skipped
+
+
+class _Model:
+    def __init__(self, params: SequenceParams):
+        self.p = params
+        self.dist, self.skipped = _chain_tables(params.step_mm)
+        # Distance to the next state in a consecutive (no-skip) step, per source state: the
+        # reference for "is this gap large?".
+        cons = np.where((self.skipped == 0), self.dist, np.inf)
+        cons[_IS_TRANS[None, :] & ~_IS_TRANS[:, None] & (self.skipped == 0)] = np.inf  # prefer core successor
+        ref = np.min(cons, axis=1)
+        self.ref = np.where(np.isfinite(ref), ref, np.nanmax(self.dist))  # last level: any value
+        self.state_prior = np.where(_IS_TRANS, params.transitional_logprior, 0.0)
+
+    def transition(self, gap: float | None, scale: float) -> np.ndarray:
+        """log T[a, b] for one step (S x S), b strictly after a."""
+        p = self.p
+        k = self.skipped
+        T = np.full((_S, _S), -np.inf)
+        ok = (k >= 0) & (k <= p.max_skip)
+        T[ok] = p.skip_logprior * k[ok]
+        T = T + self.state_prior[None, :]
+        if gap is None or not np.isfinite(gap) or gap <= 0:
+            T[k > 0] = -np.inf  # no geometry: no evidence for a miss
+            return T
+        e1 = self.ref[:, None] * scale
+        ek = self.dist * scale
+        # Log-normal gap likelihood for every transition, consecutive ones included, so hypotheses in
+        # regions of different spacing compare fairly (a skip in the neck must not "explain" a normal
+        # lumbar gap for free). Capped: one odd gap (a false positive, a bad centre) costs a bounded amount.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ll = -(np.log(gap / ek)) ** 2 / (2.0 * p.gap_sigma ** 2)
+        ll = np.maximum(ll, -p.gap_penalty_cap)
+        T[ok] += ll[ok]
+        skip = ok & (k > 0)
+        too_small = np.broadcast_to(gap < p.min_skip_ratio * e1, T.shape)
+        T[skip & too_small] = -np.inf  # a normal gap forbids a skip
+        return T
+
+
+def _emissions(scores: np.ndarray, classes: list[int], floor: float) -> np.ndarray:
+    """log p(level | vertebra), (N, S). Columns for IDs outside the chain (e.g. background 0) are
+    dropped and rows renormalised; levels the labeller has no column for get the floor."""
+    col = {int(c): i for i, c in enumerate(classes)}
+    unknown = [c for c in col if c not in CRANIOCAUDAL and c != 0]
+    if unknown:
+        raise ValueError(f"classes contains IDs that are not VerSe vertebra labels: {unknown}")
+    P = np.full((scores.shape[0], _S), 0.0)
+    for si, s in enumerate(CRANIOCAUDAL):
+        if s in col:
+            P[:, si] = scores[:, col[s]]
+    tot = P.sum(axis=1, keepdims=True)
+    P = np.where(tot > 0, P / np.where(tot > 0, tot, 1.0), 1.0 / _S)
+    present = np.isin(_STATES, list(col))
+    P[:, ~present] = floor
+    return np.log(np.clip(P, floor, 1.0))
+
+
+def _viterbi(E: np.ndarray, Ts: list[np.ndarray], prior: np.ndarray):
+    n = E.shape[0]
+    delta = prior + E[0]
+    back = np.zeros((n, _S), dtype=np.int64)
+    for t in range(1, n):
+        cand = delta[:, None] + Ts[t - 1]
+        back[t] = np.argmax(cand, axis=0)
+        delta = cand[back[t], np.arange(_S)] + E[t]
+    path = np.zeros(n, dtype=np.int64)
+    path[-1] = int(np.argmax(delta))
+    best = float(delta[path[-1]])
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path, best
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def _posteriors(E: np.ndarray, Ts: list[np.ndarray], prior: np.ndarray) -> np.ndarray:
+    n = E.shape[0]
+    fwd = np.zeros((n, _S))
+    bwd = np.zeros((n, _S))
+    fwd[0] = prior + E[0]
+    for t in range(1, n):
+        fwd[t] = _logsumexp(fwd[t - 1][:, None] + Ts[t - 1], axis=0) + E[t]
+    for t in range(n - 2, -1, -1):
+        bwd[t] = _logsumexp(Ts[t] + (E[t + 1] + bwd[t + 1])[None, :], axis=1)
+    post = fwd + bwd
+    z = _logsumexp(post, axis=1)[:, None]
+    with np.errstate(invalid="ignore"):
+        return np.exp(post - z)
+
+
+def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None = None,
+                    logits: bool = False) -> SequenceResult:
+    """Most probable consistent labels for vertebra candidates ordered top to bottom.
+
+    scores: (N, C) labeller output per candidate, probabilities (or ``logits=True`` for raw logits,
+    softmaxed here); classes: the C VerSe IDs of the columns (0 = background is allowed and ignored);
+    centers_mm: (N, 3) centres in any millimetre frame (only distances between consecutive
+    candidates are used). Returns labels and confidences in the input order.
+    """
+    p = params or SequenceParams()
+    S = np.asarray(to_numpy(scores), dtype=np.float64)
+    C = np.asarray(to_numpy(centers_mm), dtype=np.float64)
+    classes = [int(c) for c in classes]
+    if S.ndim != 2 or S.shape[1] != len(classes):
+        raise ValueError(f"scores must be (N, {len(classes)}), got {S.shape}")
+    n = S.shape[0]
+    if C.shape != (n, 3):
+        raise ValueError(f"centers_mm must be ({n}, 3), got {C.shape}")
+    if not (np.all(np.isfinite(S)) and np.all(np.isfinite(C))):
+        raise ValueError("scores and centres must be finite")
+    if n == 0:
+        return SequenceResult([], [], 0.0, [], 1.0)
+    if logits:
+        S = np.exp(S - S.max(axis=1, keepdims=True))
+        S /= S.sum(axis=1, keepdims=True)
+    elif np.any(S < 0):
+        raise ValueError("probability scores must be >= 0 (pass logits=True for raw logits)")
+    E = _emissions(S, classes, p.prob_floor)
+    if n > _S:  # more candidates than levels: no strictly ordered labelling exists
+        idx = np.argmax(E, axis=1)
+        return SequenceResult([int(_STATES[i]) for i in idx], [float(np.exp(E[t, i])) for t, i in enumerate(idx)],
+                              float(E[np.arange(n), idx].sum()), [], 1.0, consistent=False)
+    model = _Model(p)
+    gaps = np.linalg.norm(np.diff(C, axis=0), axis=1)
+    prior = model.state_prior.copy()
+
+    def run(scale: float):
+        Ts = [model.transition(float(g), scale) for g in gaps]
+        path, best = _viterbi(E, Ts, prior)
+        return Ts, path, best
+
+    scale = 1.0
+    Ts, path, best = run(scale)
+    if p.estimate_scale and n >= 3 and np.isfinite(best):
+        ratios = gaps / model.dist[path[:-1], path[1:]]
+        est = float(np.clip(np.median(ratios), *p.scale_bounds))
+        if abs(est - 1.0) > 0.02:
+            scale = est
+            Ts, path, best = run(scale)
+    if not np.isfinite(best):  # cannot happen for n <= S with max_skip >= 0, but stay total
+        idx = np.argmax(E, axis=1)
+        return SequenceResult([int(_STATES[i]) for i in idx], [float(np.exp(E[t, i])) for t, i in enumerate(idx)],
+                              float(E[np.arange(n), idx].sum()), [], scale, consistent=False)
+    post = _posteriors(E, Ts, prior)
+    labels = [int(_STATES[s]) for s in path]
+    conf = [float(post[t, s]) for t, s in enumerate(path)]
+    missed = []
+    for t in range(n - 1):
+        a, b = path[t], path[t + 1]
+        between = [int(x) for x in _STATES[a + 1:b] if x not in TRANSITIONAL]
+        if between:
+            missed.append((t, between))
+    return SequenceResult(labels, conf, best, missed, scale)

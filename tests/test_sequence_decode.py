@@ -1,0 +1,264 @@
+"""Positional label logic (engine.sequence) on crafted score matrices."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.labels import CRANIOCAUDAL, IDS, ORDER_INDEX
+from engine.sequence import DEFAULT_STEP_MM, TRANSITIONAL, SequenceParams, decode_sequence
+
+ALL = list(range(1, 29))  # a labeller with a column for every VerSe ID, T13 and L6 included
+CORE = [c for c in CRANIOCAUDAL if c not in TRANSITIONAL]
+
+
+def ids(*names: str) -> list[int]:
+    return [IDS[n] for n in names]
+
+
+def span(first: str, last: str) -> list[int]:
+    a, b = ORDER_INDEX[IDS[first]], ORDER_INDEX[IDS[last]]
+    return [c for c in CRANIOCAUDAL[a:b + 1] if c not in TRANSITIONAL]
+
+
+def centres(true_labels: list[int], scale: float = 1.0, jitter: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Centres of the given vertebrae (true anatomy) along a gently curved line, typical spacing."""
+    rng = np.random.default_rng(seed)
+    z = [0.0]
+    for a, b in zip(true_labels[:-1], true_labels[1:]):
+        if a in TRANSITIONAL or b in TRANSITIONAL:
+            core_a = a if a not in TRANSITIONAL else CORE[CORE.index({28: 19, 25: 24}[a])]
+            d = DEFAULT_STEP_MM[core_a]
+        else:
+            d = sum(DEFAULT_STEP_MM[CORE[i]] for i in range(CORE.index(a), CORE.index(b)))
+        z.append(z[-1] + d * scale * (1 + jitter * rng.normal()))
+    z = np.asarray(z)
+    return np.stack([z, 10 * np.sin(z / 200.0), np.zeros_like(z)], 1)
+
+
+def onehot(labels: list[int], p: float = 0.8, classes: list[int] = ALL) -> np.ndarray:
+    S = np.full((len(labels), len(classes)), (1 - p) / (len(classes) - 1))
+    for i, lab in enumerate(labels):
+        S[i, classes.index(lab)] = p
+    return S
+
+
+def set_row(S: np.ndarray, i: int, probs: dict[int, float], classes: list[int] = ALL) -> None:
+    rest = (1 - sum(probs.values())) / (len(classes) - len(probs))
+    S[i] = rest
+    for lab, q in probs.items():
+        S[i, classes.index(lab)] = q
+
+
+def assert_valid(labels: list[int]) -> None:
+    order = [ORDER_INDEX[lab] for lab in labels]
+    assert all(b > a for a, b in zip(order, order[1:])), labels
+
+
+def test_correct_sequence_unchanged():
+    labs = span("T5", "L5")
+    r = decode_sequence(onehot(labs, 0.7), ALL, centres(labs, jitter=0.05))
+    assert r.labels == labs
+    assert r.missed == [] and r.consistent
+    assert min(r.confidence) > 0.9
+    assert r.names[0] == "T5" and r.names[-1] == "L5"
+
+
+def test_duplicate_t12_at_thoracolumbar_junction():
+    labs = span("T8", "L3")
+    S = onehot(labs, 0.85)
+    i = labs.index(IDS["L1"])
+    set_row(S, i, {IDS["T12"]: 0.7, IDS["L1"]: 0.2})  # both i-1 and i scored T12
+    r = decode_sequence(S, ALL, centres(labs))
+    assert r.labels == labs
+    assert r.names[i - 1: i + 1] == ["T12", "L1"]
+    assert r.confidence[i] < r.confidence[0]  # the corrected one is less certain
+
+
+def test_missed_vertebra_large_gap_gives_skip():
+    true = span("T10", "L5")
+    seen = [lab for lab in true if lab != IDS["L2"]]  # L2 not detected: a ~2x gap between L1 and L3
+    C = centres(true)[[true.index(lab) for lab in seen]]
+    # Weak, partly ambiguous scores: L3..L5 look like L2..L4 as often as not.
+    S = onehot(seen, 0.5)
+    for lab in ids("L3", "L4", "L5"):
+        set_row(S, seen.index(lab), {lab: 0.4, lab - 1: 0.35})
+    r = decode_sequence(S, ALL, C)
+    assert r.labels == seen
+    assert r.missed == [(seen.index(IDS["L1"]), [IDS["L2"]])]
+
+
+def test_normal_gap_forbids_skip():
+    # Scores jump L1 -> L3, but the centres are consecutive: a mislabel, not a miss.
+    true = span("T10", "L5")
+    S = onehot(true, 0.75)
+    i = true.index(IDS["L2"])
+    set_row(S, i, {IDS["L3"]: 0.75})
+    r = decode_sequence(S, ALL, centres(true))
+    assert r.missed == []
+    assert r.labels == true
+
+
+def test_uniform_row_corrected_by_neighbours():
+    labs = span("T3", "T12")
+    S = onehot(labs, 0.8)
+    S[4] = 1.0 / len(ALL)
+    r = decode_sequence(S, ALL, centres(labs))
+    assert r.labels == labs
+
+
+def test_confidently_wrong_row_is_overruled():
+    labs = span("C3", "T6")
+    S = onehot(labs, 0.8)
+    set_row(S, 5, {IDS["T9"]: 0.95})  # one row says T9 in the middle of C3..T6
+    r = decode_sequence(S, ALL, centres(labs))
+    assert r.labels == labs
+
+
+def test_t13_only_when_scores_support_it():
+    true = span("T9", "T12") + [28] + span("L1", "L5")
+    C = centres(true)
+    S = onehot(true, 0.7)
+    r = decode_sequence(S, ALL, C)
+    assert r.labels == true and "T13" in r.names
+    # Same geometry, but the extra vertebra scored as an ambiguous T12/L1 and the rest as a normal
+    # 12-thoracic spine would be: no T13.
+    normal = span("T8", "L5")
+    S2 = onehot(normal, 0.7)
+    r2 = decode_sequence(S2, ALL, centres(normal))
+    assert 28 not in r2.labels and r2.labels == normal
+
+
+def test_t13_weak_evidence_not_taken():
+    labs = span("T9", "L4")
+    S = onehot(labs, 0.8)
+    i = labs.index(IDS["L1"])
+    set_row(S, i, {IDS["L1"]: 0.6, 28: 0.3})  # some T13 score, but L1 wins
+    r = decode_sequence(S, ALL, centres(labs))
+    assert r.labels == labs
+
+
+def test_l6_when_supported():
+    true = span("L1", "L5") + [25, IDS["S"]]
+    r = decode_sequence(onehot(true, 0.7), ALL, centres(true))
+    assert r.labels == true and r.names[-2:] == ["L6", "S"]
+    # L5 scored also for the vertebra above the sacrum, no L6 score: L5 then S stays.
+    normal = span("L1", "S")
+    S = onehot(normal, 0.8)
+    r2 = decode_sequence(S, ALL, centres(normal))
+    assert r2.labels == normal
+
+
+def test_partial_fov_start_and_end_anywhere():
+    labs = span("T5", "L2")
+    r = decode_sequence(onehot(labs, 0.6), ALL, centres(labs))
+    assert r.names[0] == "T5" and r.names[-1] == "L2" and r.labels == labs
+    cerv = span("C1", "C5")
+    r = decode_sequence(onehot(cerv, 0.6), ALL, centres(cerv))
+    assert r.labels == cerv
+
+
+def test_shifted_block_follows_majority():
+    # A run where the classifier is off by one in a minority of rows: the sequence follows the majority.
+    labs = span("T6", "L3")
+    S = onehot(labs, 0.7)
+    for i in (2, 3):
+        set_row(S, i, {labs[i] + 1: 0.55, labs[i]: 0.35})
+    r = decode_sequence(S, ALL, centres(labs))
+    assert r.labels == labs
+
+
+def test_patient_scale_estimated():
+    # A small patient (0.75x): normal gaps must not look like skips and consecutive labels stay.
+    labs = span("T10", "L5")
+    r = decode_sequence(onehot(labs, 0.7), ALL, centres(labs, scale=0.75))
+    assert r.labels == labs
+    assert r.scale == pytest.approx(0.75, abs=0.05)
+    # A large one (1.35x) with a truly missed L3: still detected as a skip.
+    true = span("T10", "L5")
+    seen = [lab for lab in true if lab != IDS["L3"]]
+    C = centres(true, scale=1.35)[[true.index(lab) for lab in seen]]
+    r = decode_sequence(onehot(seen, 0.5), ALL, C)
+    assert r.labels == seen and r.missed == [(seen.index(IDS["L2"]), [IDS["L3"]])]
+
+
+def test_classes_subset_and_background_column():
+    classes = [0] + list(range(1, 25)) + [26]  # background column, no T13/L6/Co columns
+    labs = span("T11", "S")
+    S = onehot(labs, 0.8, classes)
+    r = decode_sequence(S, classes, centres(labs))
+    assert r.labels == labs
+    with pytest.raises(ValueError):
+        decode_sequence(S, classes[:-1] + [99], centres(labs))
+
+
+def test_logits_input():
+    labs = span("L1", "L5")
+    logits = np.log(onehot(labs, 0.8)) + 3.0
+    r = decode_sequence(logits, ALL, centres(labs), logits=True)
+    assert r.labels == labs
+
+
+def test_edge_cases():
+    r = decode_sequence(np.zeros((0, 28)), ALL, np.zeros((0, 3)))
+    assert r.labels == [] and r.confidence == []
+    r = decode_sequence(onehot([IDS["L3"]], 0.6), ALL, np.zeros((1, 3)))
+    assert r.labels == [IDS["L3"]] and 0 < r.confidence[0] <= 1
+    with pytest.raises(ValueError):
+        decode_sequence(np.zeros((2, 5)), ALL, np.zeros((2, 3)))
+    with pytest.raises(ValueError):
+        decode_sequence(onehot([20, 21]), ALL, np.zeros((3, 3)))
+    with pytest.raises(ValueError):
+        decode_sequence(np.full((2, 28), np.nan), ALL, np.zeros((2, 3)))
+    # More candidates than levels: no consistent labelling, flagged, not crashed.
+    n = len(CRANIOCAUDAL) + 2
+    r = decode_sequence(np.full((n, 28), 1 / 28), ALL, centres(CORE + CORE[:4])[:n])
+    assert not r.consistent and len(r.labels) == n
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_scores_always_valid(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 27))
+    S = rng.dirichlet(np.full(28, rng.uniform(0.05, 2.0)), size=n)
+    gaps = rng.uniform(5.0, 90.0, size=max(n - 1, 0))
+    z = np.concatenate([[0.0], np.cumsum(gaps)])
+    C = np.stack([z, rng.normal(0, 3, n), rng.normal(0, 3, n)], 1)
+    params = SequenceParams(max_skip=int(rng.integers(0, 4)))
+    r = decode_sequence(S, ALL, C, params)
+    assert len(r.labels) == n and r.consistent
+    assert_valid(r.labels)
+    assert all(lab in CRANIOCAUDAL for lab in r.labels)
+    assert all(0.0 <= c <= 1.0 + 1e-9 for c in r.confidence)
+    for i, missed in r.missed:
+        assert 1 <= len(missed) <= params.max_skip
+        assert ORDER_INDEX[r.labels[i]] < ORDER_INDEX[missed[0]] < ORDER_INDEX[r.labels[i + 1]]
+
+
+def test_slightly_large_gap_with_equivocal_scores_stays_consecutive():
+    # A 1.6x gap (a tall disc, a bad centre) is not proof of a missed level: with scores that fit both
+    # readings equally, the skip prior keeps the labels consecutive.
+    labs = span("T10", "L5")
+    C = centres(labs)
+    i = labs.index(IDS["L1"])
+    C[i + 1:, 0] += 0.6 * (C[i + 1, 0] - C[i, 0])
+    S = onehot(labs, 0.8)
+    for j in range(i + 1, len(labs)):
+        set_row(S, j, {labs[j]: 0.4, CORE[CORE.index(labs[j]) + 1]: 0.4})
+    r = decode_sequence(S, ALL, C)
+    assert r.missed == [] and r.labels == labs
+    # A clear ~2x gap with the same scores is read as a missed level.
+    C2 = centres(labs)
+    C2[i + 1:, 0] += 1.05 * (C2[i + 1, 0] - C2[i, 0])
+    r2 = decode_sequence(S, ALL, C2)
+    assert r2.missed == [(i, [IDS["L2"]])]
+
+
+def test_transitional_prior_needs_clear_scores():
+    # Field of view ending at the junction: the last vertebra scored T13 0.45 vs L1 0.40. T13 is rare,
+    # so L1 is kept; with T13 clearly ahead (0.8 vs 0.1) it is taken.
+    labs = span("T8", "L1")
+    S = onehot(labs, 0.8)
+    set_row(S, len(labs) - 1, {28: 0.45, IDS["L1"]: 0.40})
+    assert decode_sequence(S, ALL, centres(labs)).labels == labs
+    set_row(S, len(labs) - 1, {28: 0.8, IDS["L1"]: 0.1})
+    assert decode_sequence(S, ALL, centres(labs)).names[-1] == "T13"
