@@ -88,6 +88,7 @@ class SpineResult:
     backend: str = ""
     precision: str = ""
     models: dict[str, str] = field(default_factory=dict)  # model name -> version/sha256
+    info: dict[str, Any] = field(default_factory=dict)  # diagnostics (e.g. slices run, box/candidate counts)
 
     def label_map(self) -> np.ndarray:
         """Full uint8 label map in input geometry, array order [k, j, i]."""

@@ -1,0 +1,337 @@
+"""The Cascade: CT -> canonical frame -> detect -> cluster -> segment -> label -> SpineResult (seed 000).
+
+    with Cascade(backend="auto", precision="fp32") as cascade:
+        result = cascade.run("case_ct.nii.gz")          # or a Volume, or a DICOM series folder
+
+Sessions are loaded once per Cascade and reused for every CT. Each stage runs on the array module of
+the canonical volume (numpy; CuPy when ``array_module="cupy"``), so the same code serves CPU and GPU.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from engine import labels as L
+from engine.cluster import ClusterParams, cluster_boxes
+from engine.detect import DetectParams, detect, select_slices
+from engine.errors import InputError, ModelError
+from engine.models import MODEL_NAMES, ModelSpec, load_manifest
+from engine.preprocess import Canonical, canonical_to_input, check_volume, to_canonical
+from engine.segment import SegmentParams, segment
+from engine.types import SpineResult, Vertebra, Volume
+from engine.xp import to_numpy
+
+STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess")
+Progress = Callable[..., None]  # progress(stage, "started" | "finished", **info)
+
+
+@dataclass
+class CascadeConfig:
+    """Everything that changes what or how the cascade runs. Defaults are the shipped behaviour."""
+
+    backend: str = "auto"
+    precision: str = "fp32"
+    models_dir: str | None = None  # default: the shipped spinert/models
+    detect: DetectParams = field(default_factory=DetectParams)
+    cluster: ClusterParams = field(default_factory=ClusterParams)
+    segment: SegmentParams = field(default_factory=SegmentParams)
+    max_batch: dict[str, int] = field(default_factory=lambda: {"detector": 16, "segmenter": 2, "labeller": 16})
+    threads: int | None = None  # CPU intra-op threads (None: the runtime's default)
+    verify_models: bool = True  # sha256 of each model file against the manifest
+    array_module: str = "numpy"  # "numpy" or "cupy" (pre/post-processing on the GPU)
+    # Input limits. Thick slices are refused: at > 3 mm the segmenter (trained on 1 mm voxels) sees
+    # interpolated endplates and centres are quantised to +-1.5 mm along the spine, which is the size of
+    # the whole localisation budget (2 mm MLE). Raise it knowingly to accept them (a warning is added).
+    max_spacing_mm: float = 3.0
+    max_voxels: int = 512 * 1024 * 1024  # input voxels (a 512x512x2048 CT)
+    max_canonical_voxels: int = 768 * 1024 * 1024  # after isotropic resampling (float32: 3 GB)
+
+    def with_overrides(self, **kw: Any) -> "CascadeConfig":
+        """A copy with ``kw`` applied; keys are CascadeConfig fields or stage-parameter fields (None: unchanged)."""
+        top: dict[str, Any] = {}
+        sub = {"detect": {}, "cluster": {}, "segment": {}}
+        own = {f.name for f in fields(self)}
+        for k, v in kw.items():
+            if v is None:
+                continue
+            if k in own:
+                top[k] = v
+                continue
+            for part in sub:
+                if k in {f.name for f in fields(getattr(self, part))}:
+                    sub[part][k] = v
+                    break
+            else:
+                raise TypeError(f"unknown cascade option {k!r}")
+        for part, vals in sub.items():
+            if vals:
+                top[part] = replace(top.get(part, getattr(self, part)), **vals)
+        return replace(self, **top)
+
+
+class _Clock:
+    """Per-stage wall times (ms) and progress events."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.ms: dict[str, float] = {}
+        self.progress = progress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.progress:
+            self.progress(name, "started")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            ms = (time.perf_counter() - t0) * 1e3
+            self.ms[name] = self.ms.get(name, 0.0) + ms
+            if self.progress:
+                self.progress(name, "finished", ms=ms)
+
+
+def _xp(name: str):
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        try:
+            import cupy
+        except ImportError:
+            from engine.errors import BackendError
+
+            raise BackendError("array_module 'cupy' needs CuPy (pip install spinert[gpu])") from None
+        return cupy
+    raise ValueError(f"unknown array module {name!r}")
+
+
+def check_header(path: str | os.PathLike, cfg: CascadeConfig) -> None:
+    """Refuse a huge file from its header alone, before its voxels are read (single files only)."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    if not p.is_file():
+        return
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(p))
+    try:
+        r.ReadImageInformation()
+    except RuntimeError:
+        return  # read_volume reports unreadable files with its own clear message
+    size = r.GetSize()
+    n = int(np.prod(size, dtype=np.int64))
+    if len(size) == 3 and n > cfg.max_voxels:
+        raise InputError(f"{p}: volume too large ({'x'.join(map(str, size))} = {n / 1e6:.0f} M voxels "
+                         f"> {cfg.max_voxels / 1e6:.0f} M); crop it to the spine")
+
+
+class Cascade:
+    """The whole cascade with its three sessions loaded once.
+
+    Cascade(backend="auto", precision="fp32", models_dir=None, config=None, **overrides)
+        overrides: any CascadeConfig field or DetectParams/ClusterParams/SegmentParams field
+        (e.g. all_slices=True, stride=2, largest_component=False, max_batch={"segmenter": 1}).
+    run(source, progress=None, name=None) -> SpineResult
+        source: a path (NIfTI/NRRD/MHA file or DICOM series folder) or an engine.types.Volume.
+    """
+
+    def __init__(self, backend: str | None = None, precision: str | None = None, models_dir: str | None = None,
+                 config: CascadeConfig | None = None, **overrides: Any) -> None:
+        cfg = config or CascadeConfig()
+        mb = overrides.pop("max_batch", None)
+        if mb is not None:
+            overrides["max_batch"] = {**cfg.max_batch, **(mb if isinstance(mb, dict) else
+                                                           {k: int(mb) for k in cfg.max_batch})}
+        self.config = cfg.with_overrides(backend=backend, precision=precision, models_dir=models_dir, **overrides)
+        self.specs: dict[str, ModelSpec] = load_manifest(self.config.models_dir)
+        missing = [m for m in MODEL_NAMES if m not in self.specs]
+        if missing:
+            raise ModelError(f"model manifest lacks {', '.join(missing)}")
+        sp = {m: float(self.specs[m].preprocess.get("spacing_mm", 1.0)) for m in MODEL_NAMES}
+        if len(set(sp.values())) != 1:
+            raise ModelError(f"models disagree on the canonical spacing: {sp}")
+        self.spacing = sp["detector"]
+        self.classes = np.asarray([int(c) for c in self.specs["labeller"].classes], dtype=np.int64)
+        bad = [int(c) for c in self.classes if int(c) not in L.NAMES]
+        if bad:
+            raise ModelError(f"labeller classes {bad} are not VerSe vertebra IDs")
+        self.xp = _xp(self.config.array_module)
+        from engine.backends import load_session
+
+        self.sessions = {}
+        try:
+            for m in MODEL_NAMES:
+                self.sessions[m] = load_session(self.specs[m], self.config.backend, self.config.precision,
+                                                max_batch=self.config.max_batch.get(m), threads=self.config.threads,
+                                                verify=self.config.verify_models)
+        except Exception:
+            self.close()
+            raise
+        self.backend = self.sessions["detector"].backend
+        self.precision = self.config.precision
+        self.device = self.sessions["detector"].device
+
+    # ---------------------------------------------------------------------------------------------- API
+    def __enter__(self) -> "Cascade":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in getattr(self, "sessions", {}).values():
+            s.close()
+        self.sessions = {}
+
+    @property
+    def trained(self) -> bool:
+        return all(self.specs[m].is_trained for m in MODEL_NAMES)
+
+    def model_versions(self) -> dict[str, str]:
+        return {m: f"{s.version or '?'}{'' if s.is_trained else ' (untrained)'} sha256:{s.sha256.get(self.precision, '')[:12]}"
+                for m, s in self.specs.items() if m in MODEL_NAMES}
+
+    def models_info(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "device": self.device,
+                "models": {m: {"version": self.specs[m].version, "trained": self.specs[m].is_trained,
+                               "sha256": self.specs[m].sha256.get(self.precision, ""),
+                               "session": self.sessions[m].describe()} for m in self.sessions}}
+
+    def run(self, source: Volume | str | os.PathLike, progress: Progress | None = None,
+            name: str | None = None) -> SpineResult:
+        """The cascade on one CT. Bad input -> InputError; no spine -> empty result with a warning."""
+        clock = _Clock(progress)
+        if isinstance(source, Volume):
+            vol = source
+            clock.ms["load"] = 0.0
+        else:
+            with clock.stage("load"):
+                from engine.io import read_volume
+
+                check_header(source, self.config)
+                vol = read_volume(source, name=name)
+        if name and vol.name != name:
+            vol = replace(vol, name=name)  # a shallow copy: never rename the caller's Volume
+        return self._run_volume(vol, clock)
+
+    __call__ = run
+
+    # -------------------------------------------------------------------------------------- the stages
+    def _run_volume(self, vol: Volume, clock: _Clock) -> SpineResult:
+        cfg, xp, sp = self.config, self.xp, self.spacing
+        warnings: list[str] = []
+        with clock.stage("preprocess"):
+            check_volume(vol, max_voxels=cfg.max_voxels, max_spacing_mm=cfg.max_spacing_mm)
+            if max(vol.spacing) > 3.0:
+                warnings.append(f"thick slices ({max(vol.spacing):.1f} mm): centres and masks are less accurate")
+            ext = np.asarray(vol.size, dtype=np.float64) * np.asarray(vol.spacing, dtype=np.float64)
+            n_iso = float(np.prod(np.maximum(1, np.round(ext / sp))))
+            if n_iso > cfg.max_canonical_voxels:
+                raise InputError(f"{vol.name}: volume too large after resampling to {sp} mm "
+                                 f"({n_iso / 1e6:.0f} M voxels > {cfg.max_canonical_voxels / 1e6:.0f} M)")
+            canon = to_canonical(vol, sp)
+            iso = xp.asarray(canon.array)
+        result = SpineResult(volume_id=vol.name, geometry=vol.geometry(), vertebrae=[], warnings=warnings,
+                             timings_ms=clock.ms, backend=self.backend, precision=self.precision,
+                             models=self.model_versions())
+        if not self.trained:
+            warnings.append("models are untrained placeholders (manifest \"trained\": false): outputs are not meaningful")
+
+        with clock.stage("detect"):
+            band = select_slices(iso, sp, cfg.detect)
+            boxes = detect(self.sessions["detector"], iso, band.slices, self.specs["detector"].preprocess, sp,
+                           cfg.detect, max_batch=cfg.max_batch.get("detector"))
+        result.info["band"] = {"mode": band.mode, "lo": band.lo, "hi": band.hi, "slices": int(band.slices.size),
+                               "stride": int(cfg.detect.stride)}
+        result.info["boxes"] = len(boxes)
+        with clock.stage("cluster"):
+            cands = cluster_boxes(boxes, self._cluster_params(band))
+        if not cands:
+            why = "no bone found" if band.slices.size == 0 else (
+                "the detector found no vertebra" if len(boxes) == 0 else "detections did not form vertebra clusters")
+            warnings.append(f"no spine found ({why})")
+            return self._finish(result, clock)
+        centers = np.stack([c.center_mm for c in cands]) / sp  # canonical (k, j, i) indices
+        result.info["candidates"] = len(cands)
+
+        with clock.stage("segment"):
+            seg = segment(self.sessions["segmenter"], iso, centers, self.specs["segmenter"].preprocess, sp,
+                          cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
+        if seg.dropped:
+            warnings.append(f"{len(seg.dropped)} detected centre(s) gave no usable mask and were dropped")
+        result.info["merged_duplicates"] = len(seg.merged)
+        if seg.voxels.size == 0:
+            warnings.append("no spine found (no vertebra could be segmented)")
+            return self._finish(result, clock)
+
+        with clock.stage("label"):
+            from engine.label import classify
+
+            probs = classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji, seg.boxes,
+                             self.specs["labeller"].preprocess, sp, max_batch=cfg.max_batch.get("labeller"))
+            labs, conf, info = self._decode(probs, canon.index_to_lps(seg.centers_kji))
+        with clock.stage("postprocess"):
+            result.vertebrae = self._vertebrae(vol, canon, seg, labs, conf, probs, warnings)
+            if info.get("warnings"):
+                warnings.extend(info["warnings"])
+        return self._finish(result, clock)
+
+    def _cluster_params(self, band) -> ClusterParams:
+        p = self.config.cluster
+        # With a slice stride, a vertebra's boxes are stride*spacing mm apart along i: keep min_samples
+        # reachable inside eps (ClusterParams' rule: min_samples <= 2 * floor(eps / step) + 1).
+        step = max(1, int(self.config.detect.stride)) * self.spacing
+        reach = 2 * int(np.floor(p.eps_mm / step)) + 1
+        return replace(p, min_samples=max(1, min(p.min_samples, reach)))
+
+    def _decode(self, probs: np.ndarray, centers_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        from engine.label import decode_labels
+
+        return decode_labels(probs, self.classes, centers_lps)
+
+    def _vertebrae(self, vol: Volume, canon: Canonical, seg, labs, conf, probs, warnings) -> list[Vertebra]:
+        from scipy.ndimage import find_objects
+
+        owner = to_numpy(seg.owner)
+        m = len(labs)
+        # One nearest-neighbour resampling of the whole index map onto the input grid (SimpleITK).
+        on_input = canonical_to_input(owner, canon, vol)
+        objs = list(find_objects(on_input, max_label=m)) + [None] * m
+        centers_lps = canon.index_to_lps(seg.centers_kji)
+        out = []
+        shape = np.asarray(owner.shape)
+        for n in np.argsort(seg.centers_kji[:, 0], kind="stable"):  # top to bottom (canonical k: to the feet)
+            label = int(labs[n])
+            box = objs[n]
+            mask, off = None, (0, 0, 0)
+            if box is not None:
+                mask = on_input[box] == (n + 1)
+                off = (box[2].start, box[1].start, box[0].start)  # array [k, j, i] -> (i, j, k)
+            else:
+                warnings.append(f"{L.name(label)}: mask vanished on the input grid (thinner than a voxel)")
+            cbox = seg.boxes[n]
+            if cbox is not None and any(s.start == 0 or s.stop == int(d) for s, d in zip(cbox, shape)):
+                warnings.append(f"{L.name(label)} touches the field-of-view border (partial vertebra)")
+            scores = {int(c): round(float(p), 6) for c, p in zip(self.classes, probs[n]) if p >= 1e-4}
+            out.append(Vertebra(label=label, name=L.name(label),
+                                center_lps=tuple(float(x) for x in centers_lps[n]), confidence=float(conf[n]),
+                                mask=mask, offset_ijk=tuple(int(o) for o in off), scores=scores))
+        return out
+
+    def _finish(self, result: SpineResult, clock: _Clock) -> SpineResult:
+        for s in STAGES:
+            clock.ms.setdefault(s, 0.0)
+        clock.ms["total"] = sum(clock.ms[s] for s in STAGES)
+        result.timings_ms = {k: round(v, 3) for k, v in clock.ms.items()}
+        return result
+
+
+def run(source: Volume | str | os.PathLike, **kw: Any) -> SpineResult:
+    """One-shot convenience: load the models, run one CT, release the models."""
+    with Cascade(**kw) as c:
+        return c.run(source)

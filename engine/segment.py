@@ -1,0 +1,169 @@
+"""Stage 2: one 2x128^3 ROI per vertebra centre -> segmenter session -> one canonical label volume.
+
+ROIs are built and run in batches; each batch's probabilities are pasted straight into the full
+canonical volume and dropped, so memory stays at one batch of ROIs plus two volumes. Overlaps are
+resolved by probability: a running max-probability volume remembers the best ROI at every voxel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.modelio import segmenter_input
+from engine.preprocess import roi_start
+from engine.xp import get_xp, is_numpy, to_numpy
+
+
+@dataclass
+class SegmentParams:
+    threshold: float | None = None  # default: the segmenter manifest's preprocess["threshold"] (0.5)
+    largest_component: bool = True  # keep each vertebra's largest 26-connected piece
+    min_volume_mm3: float = 500.0  # smaller masks are fragments (a duplicate centre, a stray detection)
+    # Two centres inside one vertebra (a cluster split in two) segment the same bone: a new mask that
+    # overlaps a pasted one by more than this fraction of the smaller is merged into it.
+    duplicate_overlap: float = 0.5
+
+
+@dataclass
+class Segmentation:
+    """The canonical label volume and per-vertebra facts, in candidate order (top to bottom)."""
+
+    owner: Any  # [k, j, i] uint8/uint16: 0 background, n + 1 = kept vertebra n (renumbered after drops)
+    centers_kji: np.ndarray  # (M, 3) float64 mask centroids, canonical array indices
+    voxels: np.ndarray  # (M,) int64 voxel counts
+    boxes: list[tuple[slice, slice, slice]]  # canonical bounding box of each mask
+    source: np.ndarray  # (M,) index of the candidate centre each mask came from
+    dropped: list[int] = field(default_factory=list)  # candidate indices whose mask was empty/too small
+    merged: list[int] = field(default_factory=list)  # candidate indices merged into an earlier vertebra
+
+
+def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | None = None,
+           dup_overlap: float = 0.0) -> int:
+    """Paste one ROI's probabilities: voxels above ``thr`` and above the best so far take ``label``.
+
+    With ``dup_overlap`` > 0, a mask that overlaps an already pasted vertebra by more than that fraction
+    of the smaller of the two is the same vertebra seen from a second (duplicate) centre: it is merged
+    into that vertebra's label instead. ``sizes`` (label -> mask voxels) is kept up to date. Returns the
+    label used (0 if nothing was pasted).
+    """
+    r = np.asarray(prob.shape)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + r, owner.shape)
+    if np.any(hi <= lo):
+        return 0
+    s_lo, s_hi = lo - start, hi - start
+    dst = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    src = tuple(slice(int(a), int(b)) for a, b in zip(s_lo, s_hi))
+    p = prob[src]
+    above = p > thr
+    n_new = int(above.sum())
+    if n_new == 0:
+        return 0
+    if dup_overlap > 0 and sizes:
+        hits = to_numpy(xp.bincount(owner[dst][above].astype(xp.int64).ravel(), minlength=label + 1))
+        hits[0] = 0
+        j = int(np.argmax(hits))
+        if hits[j] > dup_overlap * min(n_new, sizes.get(j, n_new)):
+            label = j
+    if sizes is not None:
+        sizes[label] = sizes.get(label, 0) + n_new
+    cur = best[dst]
+    upd = above & (p > cur)
+    best[dst] = xp.where(upd, p, cur)
+    owner[dst] = xp.where(upd, owner.dtype.type(label), owner[dst])
+    return label
+
+
+def _ndimage(xp):
+    if is_numpy(xp):
+        import scipy.ndimage as ndi
+    else:  # pragma: no cover - GPU only
+        import cupyx.scipy.ndimage as ndi
+    return ndi
+
+
+def _keep_largest(owner, boxes, xp) -> None:
+    """In place: inside each vertebra's box, keep only its largest 26-connected component."""
+    ndi = _ndimage(xp)
+    struct = xp.ones((3, 3, 3), dtype=bool)
+    for n, box in enumerate(boxes):
+        if box is None:
+            continue
+        view = owner[box]
+        m = view == (n + 1)
+        lab, k = ndi.label(m, structure=struct)
+        if int(k) <= 1:
+            continue
+        sizes = xp.bincount(lab.ravel(), minlength=int(k) + 1)
+        sizes[0] = 0
+        big = int(to_numpy(xp.argmax(sizes)))
+        view[m & (lab != big)] = 0
+
+
+def _stats(owner, m: int, xp):
+    """Voxel counts and centroids (k, j, i) of labels 1..m, in one pass of bincounts."""
+    nz = xp.nonzero(owner)
+    lab = owner[nz].astype(xp.int64)
+    cnt = xp.bincount(lab, minlength=m + 1)[1:]
+    sums = xp.stack([xp.bincount(lab, weights=c.astype(xp.float64), minlength=m + 1)[1:] for c in nz], axis=1)
+    cnt_h, sums_h = to_numpy(cnt).astype(np.int64), to_numpy(sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ctr = sums_h / np.maximum(cnt_h, 1)[:, None]
+    return cnt_h, ctr
+
+
+def _find_boxes(owner, m: int):
+    from scipy.ndimage import find_objects
+
+    # find_objects works on the host; one transfer of a uint8 volume is cheap next to the segmenter.
+    objs = find_objects(to_numpy(owner), max_label=m)
+    return list(objs) + [None] * (m - len(objs))
+
+
+def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
+            params: SegmentParams | None = None, max_batch: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Segmentation:
+    """Segment the vertebra at each centre (canonical array indices) and fuse the masks into one volume."""
+    p = params or SegmentParams()
+    xp = get_xp(iso)
+    thr = float(p.threshold if p.threshold is not None else preprocess.get("threshold", 0.5))
+    r = int(preprocess["roi"])
+    centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
+    n = centers.shape[0]
+    dtype = xp.uint8 if n < 255 else xp.uint16
+    owner = xp.zeros(iso.shape, dtype=dtype)
+    if n == 0:
+        return Segmentation(owner, np.zeros((0, 3)), np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
+    best = xp.zeros(iso.shape, dtype=xp.float32)
+    in_name, out_name = session.input_names[0], session.output_names[0]
+    mb = int(max_batch or session.max_batch or 2)
+    sizes: dict[int, int] = {}
+    merged = []
+    for s0 in range(0, n, mb):
+        idx = range(s0, min(n, s0 + mb))
+        x = xp.stack([segmenter_input(iso, centers[i], preprocess, xp=xp) for i in idx])
+        prob = xp.asarray(session.run({in_name: x}, max_batch=mb)[out_name])
+        for b, i in enumerate(idx):
+            used = _paste(owner, best, prob[b, 0], roi_start(centers[i], (r, r, r)), i + 1, thr, xp, sizes,
+                          p.duplicate_overlap)
+            if used and used != i + 1:
+                merged.append(i)
+        if progress:
+            progress(idx[-1] + 1, n)
+    del best
+    boxes = _find_boxes(owner, n)
+    if p.largest_component:
+        _keep_largest(owner, boxes, xp)
+    cnt, ctr = _stats(owner, n, xp)
+    min_vox = p.min_volume_mm3 / spacing ** 3
+    ok = cnt >= max(1.0, min_vox)
+    dropped = [int(i) for i in np.nonzero(~ok)[0] if int(i) not in merged]
+    if not ok.all():
+        # Renumber the survivors 1..M in order; dropped labels become background.
+        lut = np.zeros(n + 1, dtype=np.int64)
+        lut[1:][ok] = np.arange(1, int(ok.sum()) + 1)
+        owner = xp.asarray(lut.astype(dtype))[owner]
+    boxes = _find_boxes(owner, int(ok.sum()))
+    return Segmentation(owner, ctr[ok], cnt[ok], boxes, np.nonzero(ok)[0], dropped, merged)

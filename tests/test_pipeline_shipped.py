@@ -1,0 +1,105 @@
+"""The cascade with the models shipped in spinert/models (real ONNX Runtime sessions, real exported graphs)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import pipeline_synth as ps
+from engine import labels as L
+from engine.errors import ModelError
+from engine.models import load_manifest
+from engine.output import write_result
+from engine.pipeline import Cascade
+
+
+def _shipped():
+    try:
+        return load_manifest()
+    except ModelError as exc:
+        pytest.skip(f"no shipped models in this checkout: {exc}")
+
+
+def _trained_or_skip():
+    specs = _shipped()
+    untrained = [m for m in ("detector", "segmenter", "labeller") if not specs[m].is_trained]
+    if untrained:
+        pytest.skip(f"shipped {', '.join(untrained)} untrained (manifest \"trained\": false): "
+                    "orientation invariance of real detections cannot be checked yet")
+    return specs
+
+
+def test_shipped_models_run_the_whole_cascade_and_honour_the_contract(tmp_path):
+    specs = _shipped()
+    vol = ps.make_ct(n_vert=3, spacing=(1.0, 1.0, 1.5))
+    with Cascade(backend="onnxruntime", stride=3) as c:
+        assert c.sessions["detector"].input_names == [specs["detector"].inputs[0]["name"]]
+        res = c.run(vol)
+    assert res.backend == "onnxruntime" and set(res.models) == {"detector", "segmenter", "labeller"}
+    assert res.geometry == vol.geometry()
+    if not c.trained:
+        assert any("untrained" in w for w in res.warnings)
+    paths = write_result(res, tmp_path, "shipped")
+    img = sitk.ReadImage(str(paths["mask"]))
+    assert list(img.GetSize()) == list(vol.size)
+    np.testing.assert_allclose(img.GetOrigin(), vol.origin, atol=1e-4)
+    np.testing.assert_allclose(img.GetDirection(), vol.direction, atol=1e-6)
+    ctd = json.loads(paths["ctd"].read_text())
+    assert len(ctd) == len(res.vertebrae)
+    for v in res.vertebrae:
+        assert v.label in L.NAMES and v.name == L.name(v.label)
+        if v.mask is not None and v.mask.any():
+            assert np.linalg.norm(np.subtract(v.center_lps, ps.mask_centroid_lps(v, res.geometry))) < 1.5
+    if not res.vertebrae:
+        assert any("no spine found" in w for w in res.warnings)
+
+
+@pytest.mark.slow
+def test_shipped_sample_same_lps_centres_and_labels_in_lps_ras_and_flipped_storage():
+    _trained_or_skip()
+    from engine.cli import sample_paths
+    from engine.io import read_volume
+
+    ct = sample_paths()["ct"]
+    if not ct.is_file():
+        pytest.fail(f"bundled sample CT missing: {ct}")
+    vol = read_volume(ct)
+    variants = {"as stored": vol,
+                "flipped i, j": ps.reorient(vol, (0, 1, 2), (True, True, False)),
+                "permuted + flipped": ps.reorient(vol, (2, 0, 1), (True, False, True))}
+    with Cascade(backend="onnxruntime") as c:
+        results = {k: c.run(v) for k, v in variants.items()}
+    ref = results["as stored"]
+    assert len(ref.vertebrae) >= 3, f"trained models found {len(ref.vertebrae)} vertebrae: {ref.warnings}"
+    for k, res in results.items():
+        assert [v.label for v in res.vertebrae] == [v.label for v in ref.vertebrae], k
+        for a, b in zip(res.vertebrae, ref.vertebrae):
+            assert np.linalg.norm(np.subtract(a.center_lps, b.center_lps)) <= 0.5, (k, a.name)
+
+
+def test_shipped_segmenter_and_labeller_graphs_behind_a_detector_that_finds_the_blocks(tmp_path):
+    """Real 2x128^3 segmenter and 48x96x96 labeller graphs on real candidates, whatever their training."""
+    from engine.models import read_manifest, write_manifest
+
+    specs = _shipped()
+    root = ps.make_models(tmp_path / "mixed")
+    shipped = read_manifest(specs["segmenter"].root)["models"]
+    for name in ("segmenter", "labeller"):
+        for f in shipped[name]["files"].values():
+            (root / f).unlink(missing_ok=True)
+            (root / f).symlink_to(specs[name].root / f)
+    write_manifest(root, {"segmenter": shipped["segmenter"], "labeller": shipped["labeller"]})
+    vol = ps.make_ct(n_vert=3, spacing=(1.0, 1.0, 1.5))
+    with Cascade(backend="onnxruntime", models_dir=str(root)) as c:
+        assert c.sessions["segmenter"].input_names == ["roi"] and c.sessions["labeller"].input_names == ["x"]
+        res = c.run(vol)
+    assert res.info.get("candidates", 0) >= 3, res.info  # the synthetic detector found the three blocks
+    classes = {int(x) for x in specs["labeller"].classes}
+    for v in res.vertebrae:
+        assert v.label in classes and set(v.scores) <= classes
+        assert v.mask is not None and v.mask.any()
+        assert np.linalg.norm(np.subtract(v.center_lps, ps.mask_centroid_lps(v, res.geometry))) < 1.5
+    if not res.vertebrae:
+        assert any("segment" in w or "mask" in w for w in res.warnings), res.warnings
