@@ -1,0 +1,169 @@
+"""Phantom generator: determinism, label contract, centroid definition, orientation invariance, files, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from engine.errors import OutputExistsError
+from engine.labels import NAMES
+from phantom import generate, write_case
+from phantom.generator import label_centroids
+
+SEED = 3
+PROFILE = "tiny"  # small FOV, coarse voxels: quick to generate
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate(SEED, PROFILE)
+
+
+@pytest.fixture(scope="module")
+def lps_case():
+    return generate(SEED, PROFILE, orientation="LPS")
+
+
+def test_deterministic_for_seed(case):
+    again = generate(SEED, PROFILE)
+    assert again.case_id == case.case_id
+    np.testing.assert_array_equal(again.ct.array, case.ct.array)
+    np.testing.assert_array_equal(again.labels.array, case.labels.array)
+    assert again.ct.spacing == case.ct.spacing and again.ct.direction == case.ct.direction
+    assert again.centroids == case.centroids
+
+
+def test_different_seeds_differ(case):
+    other = generate(SEED + 1, PROFILE)
+    assert other.ct.array.shape != case.ct.array.shape or not np.array_equal(other.ct.array, case.ct.array)
+
+
+def test_types_and_label_contract(case):
+    assert case.ct.array.dtype == np.int16
+    assert case.labels.array.dtype == np.uint8
+    assert case.ct.array.shape == case.labels.array.shape
+    assert case.ct.spacing == case.labels.spacing and case.ct.origin == case.labels.origin
+    assert case.ct.direction == case.labels.direction
+    ids = set(np.unique(case.labels.array).tolist()) - {0}
+    assert ids, "a phantom must contain vertebrae"
+    assert ids <= set(NAMES), f"labels outside the VerSe contract: {ids - set(NAMES)}"
+    assert [c["label"] for c in case.centroids] == sorted(ids, key=lambda lb: case.meta["labels"].index(lb))
+    # Realistic HU: air outside, bone inside the labels.
+    a, lab = case.ct.array, case.labels.array
+    assert a.min() >= -1024 and a.max() <= 3071
+    assert np.median(a[lab > 0]) > 100
+    assert np.percentile(a, 1) < -900
+
+
+def _centroids_from_files(ct_path, seg_path):
+    img = sitk.ReadImage(str(seg_path))
+    arr = sitk.GetArrayFromImage(img)
+    out = {}
+    for lb in np.unique(arr):
+        if lb == 0:
+            continue
+        k, j, i = np.nonzero(arr == lb)
+        out[int(lb)] = np.array(img.TransformContinuousIndexToPhysicalPoint((i.mean(), j.mean(), k.mean())))
+    return out
+
+
+def test_written_centroids_are_physical_mean_index(case, tmp_path):
+    paths = write_case(case, tmp_path)
+    ctd = json.loads(paths["ctd"].read_text())
+    ref = _centroids_from_files(paths["ct"], paths["seg"])
+    assert sorted(c["label"] for c in ctd) == sorted(ref)
+    for c in ctd:
+        np.testing.assert_allclose([c["X"], c["Y"], c["Z"]], ref[c["label"]], atol=0.01)
+    # The files hold exactly the case's arrays and geometry.
+    ct = sitk.ReadImage(str(paths["ct"]))
+    assert ct.GetPixelID() == sitk.sitkInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct), case.ct.array)
+    np.testing.assert_allclose(ct.GetDirection(), case.ct.direction)
+    seg = sitk.ReadImage(str(paths["seg"]))
+    assert seg.GetPixelID() == sitk.sitkUInt8
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPI", "PIR", "SLA"])
+def test_storage_orientation_keeps_lps_centroids(code, lps_case):
+    lps = lps_case
+    other = generate(SEED, PROFILE, orientation=code)
+    assert other.meta["orientation"] == code
+    expected = np.asarray(sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code))
+    np.testing.assert_allclose(other.ct.direction, expected)
+    a = {c["label"]: np.array([c["X"], c["Y"], c["Z"]]) for c in lps.centroids}
+    b = {c["label"]: np.array([c["X"], c["Y"], c["Z"]]) for c in other.centroids}
+    assert a.keys() == b.keys()
+    for lb in a:
+        assert np.linalg.norm(a[lb] - b[lb]) < 0.5, (code, lb, a[lb], b[lb])
+    # The stored image really is reoriented: the same physical voxel holds the same HU.
+    ijk = np.array([3, 5, 7])
+    p = lps.ct.index_to_lps(ijk)
+    q = np.rint(other.ct.lps_to_index(p)).astype(int)
+    assert other.ct.array[q[2], q[1], q[0]] == lps.ct.array[ijk[2], ijk[1], ijk[0]]
+
+
+def test_label_centroids_on_known_image():
+    arr = np.zeros((10, 12, 14), np.uint8)
+    arr[2:4, 3:5, 4:8] = 22
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 1.0, 2.0))
+    img.SetOrigin((10.0, -5.0, 3.0))
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    (c,) = label_centroids(img)
+    assert c["label"] == 22
+    # mean index i = 5.5, j = 3.5, k = 2.5
+    np.testing.assert_allclose([c["X"], c["Y"], c["Z"]], [10 - 5.5 * 0.5, -5 - 3.5, 3 + 2.5 * 2.0])
+
+
+def test_write_refuses_overwrite(case, tmp_path):
+    write_case(case, tmp_path)
+    before = (tmp_path / f"{case.case_id}_ct.nii.gz").stat().st_mtime_ns
+    with pytest.raises(OutputExistsError):
+        write_case(case, tmp_path)
+    assert (tmp_path / f"{case.case_id}_ct.nii.gz").stat().st_mtime_ns == before
+    write_case(case, tmp_path, overwrite=True)
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "spinert", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_cli_writes_n_cases(tmp_path):
+    r = _cli("phantom", "--out", str(tmp_path / "out"), "--n", "2", "--seed", str(SEED), "--profile", PROFILE)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    for s in (SEED, SEED + 1):
+        for suffix in ("_ct.nii.gz", "_seg-vert_msk.nii.gz", "_ctd.json"):
+            assert f"phantom-{PROFILE}-{s:06d}{suffix}" in names
+    # A second run without --overwrite refuses, with one line.
+    r2 = _cli("phantom", "--out", str(tmp_path / "out"), "--n", "1", "--seed", str(SEED), "--profile", PROFILE)
+    assert r2.returncode != 0 and len(r2.stderr.strip().splitlines()) == 1 and "overwrite" in r2.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--n", "0"],
+    ["--n", "-3"],
+    ["--seed", "-1"],
+    ["--orientation", "XYZ"],
+])
+def test_cli_bad_args_one_line(tmp_path, args):
+    r = _cli("phantom", "--out", str(tmp_path / "o"), *args)
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_unwritable_out(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = _cli("phantom", "--out", str(f / "sub"), "--n", "1", "--profile", PROFILE)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = _cli("phantom", "--out", str(f), "--n", "1")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
