@@ -1,0 +1,73 @@
+"""The shipped models: manifest matches the files (sha256), each ONNX loads in onnxruntime with the declared I/O."""
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engine.errors import ModelError
+from engine.models import MODEL_NAMES, load_manifest, sha256_file
+
+SHIPPED = load_manifest()
+
+
+def test_manifest_has_three_models_with_files():
+    assert set(SHIPPED) == set(MODEL_NAMES)
+    for spec in SHIPPED.values():
+        for prec in ("fp32", "fp16"):
+            assert spec.path(prec).is_file()
+            assert sha256_file(spec.path(prec)) == spec.sha256[prec]
+        spec.verify()
+        # "A few MB": the shipped fp16 files stay small.
+        assert spec.path("fp16").stat().st_size < 8 * 2 ** 20
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("prec", ["fp32", "fp16"])
+def test_onnx_loads_and_matches_declared_io(name, prec):
+    spec = SHIPPED[name]
+    sess = ort.InferenceSession(str(spec.path(prec)), providers=["CPUExecutionProvider"])
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    assert [i.name for i in ins] == [i["name"] for i in spec.inputs]
+    assert [o.name for o in outs] == [o["name"] for o in spec.outputs]
+    assert ins[0].shape[0] == "N" and ins[0].type == "tensor(float)" and outs[0].type == "tensor(float)"
+    if name == "segmenter":  # the cheap one to run: a real forward pass, batch of 2
+        x = np.random.default_rng(0).random((2, *spec.inputs[0]["shape"][1:]), dtype=np.float32)
+        y = sess.run(None, {"roi": x})[0]
+        assert y.shape == (2, 1, 128, 128, 128) and 0.0 <= y.min() and y.max() <= 1.0
+    if name == "labeller":
+        assert len(spec.classes) == spec.outputs[0]["shape"][1]
+        x = np.zeros((1, *spec.inputs[0]["shape"][1:]), np.float32)
+        assert sess.run(None, {"x": x})[0].shape == (1, len(spec.classes))
+    if name == "detector":
+        s = int(spec.preprocess["imgsz"])
+        assert spec.inputs[0]["shape"] == ["N", 3, s, s] and spec.outputs[0]["shape"][:2] == ["N", 5]
+
+
+def test_verify_detects_tampering_and_missing(tmp_path):
+    src = SHIPPED["segmenter"].root
+    for f in ["manifest.json", "segmenter.onnx", "segmenter_fp16.onnx"]:
+        shutil.copyfile(src / f, tmp_path / f)
+    specs = load_manifest(tmp_path)
+    specs["segmenter"].verify("fp32")
+    with open(tmp_path / "segmenter.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="does not match"):
+        specs["segmenter"].verify("fp32")
+    (tmp_path / "segmenter_fp16.onnx").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        specs["segmenter"].verify("fp16")
+    with pytest.raises(ModelError):
+        specs["detector"].verify()  # listed in the manifest, absent here
+
+
+def test_load_manifest_errors(tmp_path):
+    with pytest.raises(ModelError, match="no model manifest"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "other", "models": {}}))
+    with pytest.raises(ModelError, match="not a spinert.models/1"):
+        load_manifest(tmp_path)

@@ -1,0 +1,89 @@
+"""`spinert train ... --tiny` runs end to end on two small synthetic cases: cache, train, checkpoint,
+resume, validate, export (fp32 + fp16), parity, manifest + model card."""
+import json
+import sys
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _synth_spine import make_folder  # noqa: E402
+
+from engine.models import load_manifest  # noqa: E402
+from spinert.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("synth"), n=2)
+
+
+def _train(model, data_dir, tmp_path, *extra):
+    out, work = tmp_path / "models", tmp_path / "work"
+    rc = main(["train", model, "--data", str(data_dir), "--out", str(out), "--work", str(work), "--tiny",
+               "--device", "cpu", *extra])
+    assert rc == 0
+    return out, work
+
+
+def _check_shipped(out, name):
+    spec = load_manifest(out)[name]
+    spec.verify()
+    assert spec.is_trained and spec.raw["trained"]["tiny"] is True
+    assert spec.raw["parity"]["fp32_max_abs"] <= 1e-3
+    for prec in ("fp32", "fp16"):
+        ort.InferenceSession(str(spec.path(prec)), providers=["CPUExecutionProvider"])
+    card = (out / f"{name}.md").read_text()
+    assert "Validation metrics" in card and "Training" in card
+    return spec
+
+
+def test_segmenter_tiny_and_resume(data_dir, tmp_path, capsys):
+    out, work = _train("segmenter", data_dir, tmp_path)
+    spec = _check_shipped(out, "segmenter")
+    assert 0.0 <= spec.metrics["dice_mean"] <= 1.0
+    assert (work / "ckpt" / "last.pt").is_file()
+    # Shipping again without --overwrite is refused (one line, exit 2) ...
+    assert main(["train", "segmenter", "--data", str(data_dir), "--out", str(out), "--work", str(work),
+                 "--tiny"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    # ... and a resumed run with one more epoch continues from the checkpoint.
+    rc = main(["train", "segmenter", "--data", str(data_dir), "--out", str(out), "--work", str(work), "--tiny",
+               "--resume", "--epochs", "2", "--overwrite"])
+    assert rc == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert len(load_manifest(out)["segmenter"].raw["metrics"]) > 0
+
+
+def test_labeller_tiny_and_evaluate(data_dir, tmp_path, capsys):
+    out, work = _train("labeller", data_dir, tmp_path)
+    spec = _check_shipped(out, "labeller")
+    assert spec.classes == [20, 21, 22]
+    assert spec.outputs[0]["shape"] == ["N", 3]
+    assert 0.0 <= spec.metrics["acc"] <= 1.0
+    capsys.readouterr()
+    # Held-out acceptance figures of the shipped ONNX file (here on the same folder: a smoke run).
+    assert main(["train", "labeller", "--evaluate", str(data_dir), "--out", str(out), "--work", str(work),
+                 "--precision", "fp16"]) == 0
+    assert "'n_val': 6" in capsys.readouterr().out
+
+
+def test_detector_tiny(data_dir, tmp_path):
+    out, work = _train("detector", data_dir, tmp_path)
+    spec = _check_shipped(out, "detector")
+    assert spec.inputs[0]["name"] == "images" and spec.outputs[0]["name"] == "output0"
+    assert spec.outputs[0]["shape"][:2] == ["N", 5]
+    labels = list((work / "dataset" / "labels" / "train").glob("*.txt"))
+    assert labels and any(p.read_text().strip() for p in labels)
+    row = next(p for p in labels if p.read_text().strip()).read_text().split("\n")[0].split()
+    assert row[0] == "0" and all(0.0 <= float(v) <= 1.0 for v in row[1:])
+
+
+def test_bad_inputs_one_line(tmp_path, capsys):
+    assert main(["train", "segmenter", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "labeller", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"),
+                 "--work", str(tmp_path / "w")]) == 2
+    assert "no '*_ct.nii.gz'" in capsys.readouterr().err

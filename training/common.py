@@ -1,0 +1,112 @@
+"""Pieces every training loop shares: device choice, seeding, checkpoints (resumable), progress bars."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.errors import SpinertError
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpinertError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def set_threads(device: torch.device, threads: int | None = None) -> None:
+    if device.type == "cpu":
+        torch.set_num_threads(threads or 2)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Schedule:
+    epochs: int
+    steps_per_epoch: int
+    batch: int
+    lr: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_ckpt(path: Path, model, opt, sched, epoch: int, history: list, extra: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict() if sched is not None else None,
+                "epoch": epoch, "history": history, "extra": extra,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "py": random.getstate()}},
+               tmp)
+    tmp.replace(path)
+
+
+def load_ckpt(path: Path, model, opt=None, sched=None) -> dict:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    if opt is not None and ck.get("opt"):
+        opt.load_state_dict(ck["opt"])
+    if sched is not None and ck.get("sched"):
+        sched.load_state_dict(ck["sched"])
+    rng = ck.get("rng")
+    if rng:
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["py"])
+    return ck
+
+
+def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[], dict], schedule: Schedule,
+        ckpt_dir: Path, resume: bool, key: str, higher_is_better: bool = True, log=print) -> dict:
+    """Epoch loop: ``step_fn(global_step) -> loss``; validation + checkpoint (last and best) after each epoch.
+
+    Returns {"history": [...], "best": metrics of the best epoch, "best_path": ...}.
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last, best_p = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    start, history = 0, []
+    if resume and last.is_file():
+        ck = load_ckpt(last, model, opt, sched)
+        start, history = ck["epoch"] + 1, ck["history"]
+        log(f"resumed from {last} at epoch {start}")
+    elif resume:
+        log(f"--resume: no checkpoint at {last}, starting fresh")
+    best = None
+    for h in history:
+        if best is None or ((h[key] > best[key]) if higher_is_better else (h[key] < best[key])):
+            best = h
+    for epoch in range(start, schedule.epochs):
+        model.train()
+        t0, losses = time.time(), []
+        bar = tqdm(range(schedule.steps_per_epoch), desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
+                   mininterval=2.0)
+        for s in bar:
+            losses.append(step_fn(epoch * schedule.steps_per_epoch + s))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if sched is not None:
+            sched.step()
+        model.eval()
+        metrics = validate()
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "train_s": round(time.time() - t0, 1), **metrics}
+        history.append(rec)
+        log(json.dumps(rec))
+        improved = best is None or ((rec[key] > best[key]) if higher_is_better else (rec[key] < best[key]))
+        if improved:
+            best = rec
+        save_ckpt(last, model, opt, sched, epoch, history, {"best": best})
+        if improved:
+            save_ckpt(best_p, model, opt, sched, epoch, history, {"best": best})
+    return {"history": history, "best": best, "best_path": best_p if best_p.is_file() else last}

@@ -1,0 +1,196 @@
+"""Labeller: one vertebra's mask (optionally + CT) resampled to 48x96x96 -> scores over VerSe labels.
+
+Inputs are built by engine.modelio.labeller_input, the very function the runtime calls, from per-vertebra
+crops cached once (mask bits + int16 CT), with the centre jittered by a few mm at training time.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine.modelio import labeller_input
+from engine.preprocess import AIR_HU, crop_centered
+from training import common, data, export
+from training.nets import LabellerConfig, ResNetTransformer3D, config_dict, count_flops, count_params
+
+PREPROCESS = {"spacing_mm": 1.0, "shape": [48, 96, 96], "crop": "fixed", "extent_mm": [64.0, 128.0, 128.0],
+              "margin_mm": 2.0, "hu_window": [-400.0, 1400.0], "channels": ["mask", "ct"]}
+JITTER_MM = 3.0
+
+
+def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict) -> list[Path]:
+    """One .npz per vertebra: mask bits and CT (int16) of a box large enough for both crop modes + jitter."""
+    work.mkdir(parents=True, exist_ok=True)
+    sp = float(pp["spacing_mm"])
+    # The fixed crop + jitter (the bbox mode uses the mask's box inside it; larger parts are cut).
+    size = np.ceil((np.asarray(pp["extent_mm"]) + 2 * JITTER_MM + 2) / sp).astype(int)
+    out = []
+    for cid in tqdm(ids, desc="labeller cache", leave=False):
+        if (work / f"{cid}.done").is_file():
+            out += sorted(work.glob(f"{cid}__*.npz"))
+            continue
+        case = data.load_case(data_dir, cid, sp)
+        for lab, c in case.centers.items():
+            ct = crop_centered(case.iso, c, size, fill=AIR_HU)
+            m = crop_centered(case.labels, c, size, fill=0) == lab
+            start = np.round(c).astype(int) - size // 2
+            p = work / f"{cid}__{lab:02d}.npz"
+            np.savez_compressed(p, ct=np.clip(ct, -32768, 32767).astype(np.int16), mask=np.packbits(m),
+                                shape=np.asarray(m.shape), label=lab, center=c - start)
+            out.append(p)
+        (work / f"{cid}.done").touch()
+    return out
+
+
+def load_vert(p: Path):
+    z = np.load(p)
+    shape = tuple(int(s) for s in z["shape"])
+    m = np.unpackbits(z["mask"])[: int(np.prod(shape))].reshape(shape).astype(bool)
+    return z["ct"], m, int(z["label"]), np.asarray(z["center"], dtype=np.float64)  # CT kept int16 in RAM
+
+
+class Samples:
+    """All cached vertebrae in memory (small: a few MB each), inputs built on demand."""
+
+    def __init__(self, files: list[Path], pp: dict):
+        self.items = [load_vert(p) for p in tqdm(files, desc="load", leave=False)]
+        self.pp = pp
+
+    def labels(self) -> list[int]:
+        return [it[2] for it in self.items]
+
+    def x(self, idx: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        ct, m, _, c = self.items[idx]
+        ct = ct.astype(np.float32)
+        if rng is not None:
+            c = c + rng.uniform(-JITTER_MM, JITTER_MM, size=3) / float(self.pp["spacing_mm"])
+            ct = ct * rng.uniform(0.95, 1.05) + rng.normal(0, 15)
+        return labeller_input(m, ct, c, self.pp)
+
+
+def evaluate(predict, samples: Samples, classes: list[int], batch: int = 16) -> dict:
+    """Single-vertebra top-1 accuracy (no sequence logic), plus +-1 level accuracy."""
+    col = {c: i for i, c in enumerate(classes)}
+    keep = [i for i, lab in enumerate(samples.labels()) if lab in col]
+    correct, near, n = 0, 0, 0
+    for s in range(0, len(keep), batch):
+        idx = keep[s:s + batch]
+        logits = predict(np.stack([samples.x(i) for i in idx]))
+        pred = logits.argmax(1)
+        for i, pcol in zip(idx, pred):
+            y = col[samples.labels()[i]]
+            correct += int(pcol == y)
+            near += int(abs(int(pcol) - y) <= 1)
+            n += 1
+    return {"acc": correct / max(1, n), "acc_pm1": near / max(1, n), "n_val": n}
+
+
+def torch_predictor(model, device):
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    return predict
+
+
+def train(args, log=print) -> dict:
+    device = common.pick_device(args.device)
+    common.set_threads(device)
+    common.seed_all(args.seed)
+    pp = dict(PREPROCESS)
+    if args.channels:
+        pp["channels"] = args.channels.split(",")
+    if args.crop:
+        pp["crop"] = args.crop
+    if args.tiny:
+        pp["shape"] = [16, 32, 32]
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else ([4, 8, 8, 16] if args.tiny else [16, 32, 48, 64])
+    epochs = args.epochs or (1 if args.tiny else 30)
+    batch = args.batch or (4 if args.tiny else 16)
+    ids = data.list_cases(args.data)
+    if args.max_cases:
+        ids = ids[: args.max_cases]
+    tr_ids, va_ids = data.split_ids(ids, args.val_frac)
+    work = Path(args.work)
+    tr = Samples(cache_vertebrae(Path(args.data), tr_ids, work / "cache", pp), pp)
+    va = Samples(cache_vertebrae(Path(args.data), va_ids, work / "cache", pp), pp)
+    classes = sorted(set(tr.labels()))
+    if not classes:
+        raise common.SpinertError(f"no labelled vertebrae in {args.data}")
+    col = {c: i for i, c in enumerate(classes)}
+    steps = args.steps or (2 if args.tiny else max(1, len(tr.items) // batch))
+    log(f"labeller: {len(tr.items)} train / {len(va.items)} val vertebrae, {len(classes)} classes {classes}, "
+        f"channels {pp['channels']}, crop {pp['crop']}, {epochs}x{steps} steps of {batch} on {device}")
+    cfg = LabellerConfig(in_channels=len(pp["channels"]), num_classes=len(classes), widths=widths,
+                         input_shape=list(pp["shape"]), layers=1 if args.tiny else 2)
+    model = ResNetTransformer3D(cfg).to(device)
+    lr = args.lr or 3e-4
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.05)
+    rng = np.random.default_rng(args.seed)
+    y_all = np.asarray([col[lab] for lab in tr.labels()])
+    # Class-balanced sampling: thoracic levels outnumber cervical ones in most scans.
+    freq = np.bincount(y_all, minlength=len(classes)).astype(np.float64)
+    w = 1.0 / np.sqrt(freq[y_all])
+    w /= w.sum()
+
+    def step(_i: int) -> float:
+        idx = rng.choice(len(tr.items), size=batch, p=w)
+        x = torch.from_numpy(np.stack([tr.x(i, rng) for i in idx])).to(device)
+        y = torch.from_numpy(y_all[idx]).to(device)
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    t0 = time.time()
+    res = common.fit(model, opt, sched, step, lambda: evaluate(torch_predictor(model, device), va, classes),
+                     common.Schedule(epochs, steps, batch, lr), work / "ckpt", args.resume, key="acc", log=log)
+    common.load_ckpt(res["best_path"], model)
+    model = model.cpu().eval()
+    final = evaluate(torch_predictor(model, torch.device("cpu")), va, classes)
+    log(f"labeller final (best epoch): {final}")
+    trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
+               "schedule": {"epochs": epochs, "steps_per_epoch": steps, "batch": batch, "optimizer": "AdamW",
+                            "lr": lr, "lr_schedule": "cosine to 5%", "jitter_mm": JITTER_MM,
+                            "loss": "cross-entropy (label smoothing 0.05), class-balanced sampling"},
+               "device": str(device), "date": export.now_iso(), "wall_time_s": round(time.time() - t0, 1),
+               "tiny": bool(args.tiny)}
+    return ship(model, pp, classes, final, trained, Path(args.out), work, args.version)
+
+
+def ship(model, pp, classes, metrics, trained, out: Path, work: Path, version: str) -> dict:
+    fp32, fp16 = work / "labeller.onnx", work / "labeller_fp16.onnx"
+    example = torch.rand(1, model.cfg.in_channels, *pp["shape"])
+    export.export_onnx(model, example, fp32, "x", "logits")
+    export.to_fp16(fp32, fp16)
+    x = np.random.default_rng(0).random((2, model.cfg.in_channels, *pp["shape"]), dtype=np.float32)
+    par = {"fp32_max_abs": export.parity(model, fp32, x), "fp16_max_abs": export.parity(model, fp16, x),
+           "input": f"uniform [0,1) {list(x.shape)}"}
+    entry = {"preprocess": pp, "classes": [int(c) for c in classes], "version": version,
+             "arch": {"name": "ResNetTransformer3D", **config_dict(model.cfg)}, "trained": trained,
+             "metrics": metrics, "params": count_params(model), "flops": count_flops(model, example),
+             "parity": par}
+    card = export.card_text("labeller", "Labeller: 3-D ResNet34-style + Transformer", entry, CARD_BODY)
+    return {"manifest": str(export.ship("labeller", fp32, fp16, out, entry, card)), "metrics": metrics,
+            "parity": par}
+
+
+CARD_BODY = """
+Scores one vertebra over the VerSe labels of `classes` (column order = `classes`, VerSe IDs), before any
+sequence logic (seed 000, stage 3).
+
+- input `x` float32 [N, C, 48, 96, 96] (48 along k = cranio-caudal, 96 x 96 axial), built by
+  `engine.modelio.labeller_input(mask_kji_bool_iso, iso_hu, center_kji, preprocess)`: channel "mask" = the
+  vertebra's binary mask, channel "ct" = the CT windowed with `hu_window`; crop "fixed" = a box of
+  `extent_mm` centred on the vertebra (absolute size kept), "bbox" = the mask's bounding box stretched to 48x96x96.
+- output `logits` float32 [N, K]; softmax gives per-label probabilities.
+- architecture: 3-D ResNet34 stage layout ([3, 4, 6, 3] basic blocks, reduced widths in `arch`), stride-2 3^3
+  stem + max-pool; the last feature map's voxels are tokens (+ a class token, learned positions) for a
+  pre-norm Transformer encoder; linear head on the class token.
+"""
