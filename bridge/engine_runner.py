@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 
-def cascade_runner(backend: str | None = None, precision: str | None = None) -> tuple[Callable, Callable, Any]:
+def cascade_runner(backend: str | None = None, precision: str | None = None,
+                   models_dir=None) -> tuple[Callable, Callable, Any]:
     """(runner, models, cascade). Model/backend problems raise SpinertError subclasses (one clear line)."""
     from engine.pipeline import Cascade  # heavy: sessions, backends
 
-    cascade = Cascade(backend=backend, precision=precision)
+    cascade = Cascade(backend=backend, precision=precision, models_dir=models_dir)
 
     def run(source, progress=None):
         # progress(stage, "started" | "finished", **info) is exactly the Cascade's own callback contract.

@@ -171,6 +171,30 @@ def test_real_cascade_result_over_the_bridge_equals_spinert_run_files(tmp_path):
         cascade.close()
 
 
+def test_spinert_run_files_equal_the_bridge_reply_for_the_same_ct(tmp_path):
+    """`spinert run` and `spinert serve` drive the same cascade (real ONNX Runtime sessions of small
+    analytic models that find bone blocks): the decoded reply equals the files `spinert run` wrote."""
+    import pipeline_synth as ps
+    from bridge.engine_runner import cascade_runner
+    from engine.io import write_volume
+    from spinert.cli import main
+
+    models = ps.make_models(tmp_path / "models")
+    ct = write_volume(ps.make_ct(n_vert=4), tmp_path / "blocks_ct.nii.gz")
+    out = tmp_path / "run"
+    assert main(["run", str(ct), "--out", str(out), "--models", str(models), "--quiet"]) == 0
+    paths = {k: out / f"blocks_ct{suf}" for k, suf in
+             (("mask", "_seg-vert_msk.nii.gz"), ("ctd", "_ctd.json"), ("result", "_result.json"))}
+    runner, _, cascade = cascade_runner(models_dir=models)
+    try:
+        with running(runner) as srv, Client(srv.rep_endpoint, timeout_s=120) as c:
+            reply = c.run(path=str(ct))
+    finally:
+        cascade.close()
+    assert len(reply["vertebrae"]) == 4, "the analytic cascade must find all four blocks"
+    _assert_message_equals_output_files(reply, paths)
+
+
 def test_inline_ct_in_every_format(replay_server, tmp_path):
     img = sitk.ReadImage(_ct_path())
     with Client(replay_server.rep_endpoint, timeout_s=20) as c:
