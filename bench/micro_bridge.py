@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from spinert.paths import real_data_dir
 
-REAL = Path("/work/shared/data/real")
+REAL = real_data_dir()
 L3_CASE = "tptbox-sample-ct-L3"  # the one whole vertebra (L3, label 22) among the real cases
 
 

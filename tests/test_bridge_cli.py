@@ -11,8 +11,9 @@ import pytest
 
 from bridge.client import Client, Subscriber
 from bridge.keys import load_client_keys
+from spinert.paths import real_data_dir
 
-REAL = Path("/work/shared/data/real")
+REAL = real_data_dir()
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINTS = re.compile(r"PUB (\S+) requests (\S+)")
 

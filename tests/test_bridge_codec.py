@@ -11,8 +11,9 @@ import pytest
 from bridge import codec
 from bridge.replay import result_from_label_map
 from engine.io import read_volume
+from spinert.paths import real_data_dir
 
-REAL = Path("/work/shared/data/real")
+REAL = real_data_dir()
 CASES = ("tssample-example-ct", "tptbox-sample-ct-L3")
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} (real CT cases) not present")
 

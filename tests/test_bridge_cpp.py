@@ -13,8 +13,9 @@ from bridge import codec
 from bridge.client import Client, decode_result
 from bridge.replay import replay_runner
 from bridge.server import BridgeServer, ServerConfig
+from spinert.paths import real_data_dir
 
-REAL = Path("/work/shared/data/real")
+REAL = real_data_dir()
 CASE = "tssample-example-ct"
 CPP = Path(__file__).resolve().parents[1] / "bridge" / "cpp"
 APT = "g++ make pkg-config libzmq3-dev cppzmq-dev libmsgpack-cxx-dev zlib1g-dev"

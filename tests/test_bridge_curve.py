@@ -16,8 +16,9 @@ from bridge.replay import replay_runner
 from bridge.server import BridgeServer, ServerConfig
 from engine.errors import InputError, OutputExistsError
 from engine.io import read_volume
+from spinert.paths import real_data_dir
 
-REAL = Path("/work/shared/data/real")
+REAL = real_data_dir()
 CASE = "tptbox-sample-ct-L3"
 pytestmark = [pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE"),
               pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} (real CT cases) not present")]

@@ -25,8 +25,9 @@ from bridge.replay import replay_runner, result_from_label_map
 from bridge.server import BridgeServer, ServerConfig
 from engine.errors import InputError
 from engine.io import read_volume
+from spinert.paths import real_data_dir
 
-REAL = Path("/work/shared/data/real")
+REAL = real_data_dir()
 CASE = "tssample-example-ct"  # 8 vertebrae, T11-L5 + sacrum
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} (real CT cases) not present")
 

@@ -14,8 +14,9 @@ from engine.verse import Centroid, list_cases, read_case, read_ctd, write_ctd
 from evaluation.metrics import evaluate_case
 from evaluation.report import evaluate_folders, write_report
 from spinert.cli import main
+from spinert.paths import real_data_dir
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = real_data_dir()
 SPACING = (0.8, 0.9, 2.0)  # (i, j, k) mm: anisotropic on purpose
 LABELS = (20, 21, 22, 23)   # L1-L4, stacked along k with gaps
 
