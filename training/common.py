@@ -110,3 +110,11 @@ def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[
         if improved:
             save_ckpt(best_p, model, opt, sched, epoch, history, {"best": best})
     return {"history": history, "best": best, "best_path": best_p if best_p.is_file() else last}
+
+
+def torch_predictor(model, device) -> Callable[[np.ndarray], np.ndarray]:
+    """numpy in, numpy out: lets the validation code score a torch model and an ONNX session alike."""
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    return predict

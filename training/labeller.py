@@ -90,13 +90,6 @@ def evaluate(predict, samples: Samples, classes: list[int], batch: int = 16) -> 
     return {"acc": correct / max(1, n), "acc_pm1": near / max(1, n), "n_val": n}
 
 
-def torch_predictor(model, device):
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-    return predict
-
-
 def train(args, log=print) -> dict:
     device = common.pick_device(args.device)
     common.set_threads(device)
@@ -149,11 +142,11 @@ def train(args, log=print) -> dict:
         return float(loss.detach())
 
     t0 = time.time()
-    res = common.fit(model, opt, sched, step, lambda: evaluate(torch_predictor(model, device), va, classes),
+    res = common.fit(model, opt, sched, step, lambda: evaluate(common.torch_predictor(model, device), va, classes),
                      common.Schedule(epochs, steps, batch, lr), work / "ckpt", args.resume, key="acc", log=log)
     common.load_ckpt(res["best_path"], model)
     model = model.cpu().eval()
-    final = evaluate(torch_predictor(model, torch.device("cpu")), va, classes)
+    final = evaluate(common.torch_predictor(model, torch.device("cpu")), va, classes)
     log(f"labeller final (best epoch): {final}")
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
                "schedule": {"epochs": epochs, "steps_per_epoch": steps, "batch": batch, "optimizer": "AdamW",

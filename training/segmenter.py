@@ -110,13 +110,6 @@ def evaluate(predict, files: list[Path], pp: dict, seed: int = 1234, offset_mm: 
             "val_offset_mm": offset_mm}
 
 
-def torch_predictor(model, device):
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-    return predict
-
-
 def train(args, log=print) -> dict:
     device = common.pick_device(args.device)
     common.set_threads(device)
@@ -168,12 +161,12 @@ def train(args, log=print) -> dict:
         return float(loss.detach())
 
     t0 = time.time()
-    res = common.fit(model, opt, sched, step, lambda: evaluate(torch_predictor(model, device), va_eval, pp),
+    res = common.fit(model, opt, sched, step, lambda: evaluate(common.torch_predictor(model, device), va_eval, pp),
                      common.Schedule(epochs, steps, batch, args.lr or 1e-3), work / "ckpt", args.resume,
                      key="dice_mean", log=log)
     common.load_ckpt(res["best_path"], model)
     model = model.cpu().eval()
-    final = evaluate(torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp)
+    final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp)
     log(f"segmenter final (best epoch, all val ROIs): {final}")
     sched_info = {"epochs": epochs, "steps_per_epoch": steps, "batch": batch, "patch": patch,
                   "optimizer": "Adam", "lr": args.lr or 1e-3, "lr_schedule": "cosine to 5%",
