@@ -7,24 +7,28 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="VerSe-style metrics: localisation, identification, labelling, Dice/HD",
-                       description="Compare `spinert run` outputs (<id>_ct_seg-vert_msk.nii.gz, <id>_ct_ctd.json) "
-                                   "with VerSe-style ground truth (<id>_seg-vert_msk.nii.gz, <id>_ctd.json).")
+                       description="Compare `spinert run` outputs (<id>_ct_seg-vert_msk.nii.gz, <id>_ct_ctd.json; "
+                                   "<id>_seg-vert_msk.nii.gz / <id>_ctd.json accepted too) with VerSe-style "
+                                   "ground truth (<id>_seg-vert_msk.nii.gz, <id>_ctd.json). Writes "
+                                   "evaluation.json, evaluation.md and evaluation.png.")
     p.add_argument("--gt", required=True, type=Path, help="ground-truth folder")
     p.add_argument("--pred", required=True, type=Path, help="prediction folder")
     p.add_argument("--out", type=Path, help="report folder (default: <pred>/evaluation)")
+    p.add_argument("--case", action="append", dest="cases", metavar="ID",
+                   help="evaluate only this GT case (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from evaluation.report import evaluate_folders, write_report
+    from evaluation.report import check_report_targets, evaluate_folders, write_report
 
-    report = evaluate_folders(args.gt, args.pred, progress=sys.stderr.isatty())
-    missing = [c.case for c in report.cases if c.missing_prediction]
-    paths = write_report(report, args.out or args.pred / "evaluation", overwrite=args.overwrite)
-    print(report.markdown())
-    if missing:
-        print(f"warning: no prediction for {len(missing)} case(s): {', '.join(missing)} (counted as missed)",
-              file=sys.stderr)
+    out = args.out or args.pred / "evaluation"
+    check_report_targets(out, overwrite=args.overwrite)  # fail before minutes of work, not after
+    report = evaluate_folders(args.gt, args.pred, ids=args.cases, progress=sys.stderr.isatty())
+    paths = write_report(report, out, overwrite=args.overwrite)
+    print(report.markdown(per_label=False))  # the per-vertebra table is in evaluation.md
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(f"report: {paths['json']}  {paths['md']}  {paths['png']}")
     return 0

@@ -1,150 +1,161 @@
-"""Metrics move exactly as expected under known perturbations; evaluate(gt, gt) is perfect."""
-from __future__ import annotations
+"""Metrics move exactly as expected under known perturbations; evaluate(gt, gt) is perfect.
 
-import json
-from pathlib import Path
+Synthetic label maps: box 'vertebrae' stacked along k on an anisotropic grid (0.8, 0.9, 2.0 mm) with a
+non-trivial origin and direction, so every distance is checked in mm, not voxels."""
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.errors import DatasetError, OutputExistsError
-from engine.io import write_volume
-from engine.types import Volume
-from engine.verse import Centroid, list_cases, read_case, read_ctd, write_ctd
-from evaluation.metrics import evaluate_case
-from evaluation.report import evaluate_folders, write_report
-from spinert.cli import main
-from spinert.paths import real_data_dir
+from engine.errors import DatasetError
+from engine.types import Vertebra, SpineResult, Volume
+from engine.verse import Centroid, centroids_from_labels
+from evaluation.metrics import evaluate_case, evaluate_result, overlap, prediction_from_result
+from evaluation.report import EvaluationReport
 
-REAL = real_data_dir()
 SPACING = (0.8, 0.9, 2.0)  # (i, j, k) mm: anisotropic on purpose
-LABELS = (20, 21, 22, 23)   # L1-L4, stacked along k with gaps
+DIRECTION = (-1, 0, 0, 0, -1, 0, 0, 0, 1)  # RAS-like storage
+LABELS = (20, 21, 22, 23)  # L1-L4, 10 slices (20 mm) thick, 4 slices (8 mm) apart
 
 
-def _spine(shift_label: int | None = None, shift_k: int = 0) -> Volume:
-    a = np.zeros((60, 30, 30), np.uint8)  # [k, j, i]
-    for n, lab in enumerate(LABELS):
-        k0 = 3 + n * 14 + (shift_k if lab == shift_label else 0)
-        a[k0:k0 + 10, 8:22, 6:24] = lab
-    return Volume(a, SPACING, (5.0, -3.0, 10.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), "syn")
+def spine(labels=LABELS, shift: dict | None = None, pitch: int = 14, thick: int = 10,
+          spacing=SPACING) -> Volume:
+    """Label map [k, j, i]; ``shift`` = {label: (dk, dj, di)} moves one vertebra's box by whole voxels."""
+    a = np.zeros((3 + pitch * len(labels) + 4, 30, 30), np.uint8)
+    for n, lab in enumerate(labels):
+        dk, dj, di = (shift or {}).get(lab, (0, 0, 0))
+        k0 = 3 + n * pitch + dk
+        a[k0:k0 + thick, 8 + dj:22 + dj, 6 + di:24 + di] = lab
+    return Volume(a, spacing, (5.0, -3.0, 10.0), DIRECTION, "syn")
 
 
-def _centroids(vol: Volume) -> list[Centroid]:
-    out = []
-    for lab in np.unique(vol.array)[1:]:
-        kji = np.argwhere(vol.array == lab).mean(axis=0)
-        out.append(Centroid(int(lab), tuple(vol.index_to_lps(kji[::-1]).tolist())))
-    return out
-
-
-def _by_label(score):
+def by_label(score):
     return {v.label: v for v in score.vertebrae}
 
 
-def test_identity_is_perfect_synthetic():
-    gt = _spine()
-    s = evaluate_case("c", gt, _centroids(gt), gt, _centroids(gt))
+def test_identity_is_perfect():
+    gt = spine()
+    s = evaluate_case("c", gt, centroids_from_labels(gt), gt, centroids_from_labels(gt))
+    assert [v.label for v in s.vertebrae] == list(LABELS)
     for v in s.vertebrae:
-        assert v.dice == 1 and v.iou == 1 and v.hd_mm == 0 and v.loc_error_mm == 0 and v.identified
-    assert s.sequence_correct and s.extra == []
+        assert (v.dice, v.iou, v.pa, v.fpd, v.fnd) == (1, 1, 1, 0, 0)
+        assert (v.hd_mm, v.hd95_mm, v.msd_mm, v.loc_error_mm) == (0, 0, 0, 0)
+        assert v.identified and v.detected and not v.pred_empty
+    assert s.sequence_correct and s.extra == [] and s.missed == []
+    summ = EvaluationReport([s]).summary()
+    assert summ["identification_rate"] == 1 and summ["labelling_accuracy"] == 1
+    assert summ["acc_1.5mm"] == 1 and summ["mle_mm"]["mean"] == 0 and summ["sequence_accuracy"] == 1
 
 
-def test_two_voxel_shift_moves_only_that_vertebra():
-    gt, pred = _spine(), _spine(shift_label=22, shift_k=2)
-    s = _by_label(evaluate_case("c", gt, _centroids(gt), pred, _centroids(pred)))
-    sk = SPACING[2]
-    assert s[22].loc_error_mm == pytest.approx(2 * sk)
-    assert s[22].hd_mm == pytest.approx(2 * sk)
-    assert s[22].dice == pytest.approx(8 / 10)  # 10 slices thick, 8 still overlap
-    assert s[22].identified  # 4 mm is well inside 20 mm
+@pytest.mark.parametrize("axis", [0, 2])  # k (2.0 mm) and i (0.8 mm): the distances must follow spacing
+def test_two_voxel_shift_moves_only_that_vertebra(axis):
+    move = [0, 0, 0]
+    move[axis] = 2
+    gt, pred = spine(), spine(shift={22: tuple(move)})
+    s = by_label(evaluate_case("c", gt, centroids_from_labels(gt), pred, centroids_from_labels(pred)))
+    step_mm = 2 * SPACING[::-1][axis]  # array axis 0 = k, 2 = i
+    width = (10, 14, 18)[axis]
+    assert s[22].loc_error_mm == pytest.approx(step_mm)
+    assert s[22].hd_mm == pytest.approx(step_mm)
+    assert s[22].hd95_mm == pytest.approx(step_mm)
+    assert 0 < s[22].msd_mm < step_mm
+    assert s[22].dice == pytest.approx((width - 2) / width)
+    assert s[22].iou == pytest.approx((width - 2) / (width + 2))
+    assert s[22].fnd == pytest.approx(2 / width)
+    assert s[22].identified  # a few mm is well inside 20 mm
     for lab in (20, 21, 23):
         assert s[lab].dice == 1 and s[lab].loc_error_mm == 0 and s[lab].hd_mm == 0
 
 
 def test_label_swap_costs_exactly_two_vertebrae():
-    gt = _spine()
-    pred_arr = gt.array.copy()
-    pred_arr[gt.array == 21], pred_arr[gt.array == 22] = 22, 21
-    pred = Volume(pred_arr, gt.spacing, gt.origin, gt.direction)
-    from tempfile import TemporaryDirectory
-    with TemporaryDirectory() as d:
-        _write_case(Path(d) / "gt", "a", gt)
-        _write_case(Path(d) / "gt", "b", gt)
-        _write_pred(Path(d) / "pred", "a", pred)
-        _write_pred(Path(d) / "pred", "b", gt)
-        rep = evaluate_folders(Path(d) / "gt", Path(d) / "pred", progress=False)
-    s = rep.summary()
+    gt = spine()
+    arr = gt.array.copy()
+    arr[gt.array == 21], arr[gt.array == 22] = 22, 21
+    pred = Volume(arr, gt.spacing, gt.origin, gt.direction)
+    swapped = evaluate_case("a", gt, centroids_from_labels(gt), pred, centroids_from_labels(pred))
+    perfect = evaluate_case("b", gt, centroids_from_labels(gt), gt, centroids_from_labels(gt))
+    s = EvaluationReport([swapped, perfect]).summary()
     assert s["labelling_accuracy"] == pytest.approx(6 / 8)
     assert s["identification_rate"] == pytest.approx(6 / 8)
     assert s["sequence_accuracy"] == pytest.approx(0.5)
-    assert s["missed"] == 0 and s["extra"] == 0
+    assert s["missed"] == 0 and s["extra"] == 0 and s["detected"] == 8
+    v = by_label(swapped)
+    assert not v[21].identified and v[21].closest_label == 22 and v[21].dice == 0
+    assert v[20].identified and v[23].identified and v[20].dice == 1
+    assert v[21].match_mm == 0  # located perfectly, only labelled wrong
+    assert v[21].loc_error_mm == pytest.approx(14 * SPACING[2])  # the same-label centroid is one level off
 
 
-def test_missing_and_extra_vertebra():
-    gt = _spine()
+@pytest.mark.parametrize("pitch", [14, 7])  # 28 mm and 14 mm apart: the latter closer than 20 mm
+def test_deleted_vertebra_is_exactly_one_missed(pitch):
+    gt = spine(pitch=pitch, thick=5)
     arr = gt.array.copy()
-    arr[arr == 23] = 0
+    arr[arr == 22] = 0
     pred = Volume(arr, gt.spacing, gt.origin, gt.direction)
-    ctd = _centroids(pred) + [Centroid(24, (500.0, 500.0, 500.0))]  # far from everything
-    s = evaluate_case("c", gt, _centroids(gt), pred, ctd)
-    by = _by_label(s)
-    assert not by[23].detected and by[23].dice == 0 and by[23].hd_mm is None
-    assert sum(not v.detected for v in s.vertebrae) == 1
-    assert s.extra == [24] and not s.sequence_correct
+    s = evaluate_case("c", gt, centroids_from_labels(gt), pred, centroids_from_labels(pred))
+    v = by_label(s)
+    assert s.missed == [22] and s.extra == []
+    assert v[22].dice == 0 and v[22].pred_empty and v[22].fnd == 1
+    assert v[22].hd_mm is None and v[22].msd_mm is None and v[22].loc_error_mm is None
+    assert not v[22].identified and not s.sequence_correct
+    assert all(v[lab].dice == 1 and v[lab].detected for lab in (20, 21, 23))
+    summ = EvaluationReport([s]).summary()
+    assert summ["hd_mm"]["undefined"] == 1 and summ["hd_mm"]["n"] == 3 and summ["empty_predicted_masks"] == 1
+    assert summ["acc_2.0mm"] == pytest.approx(3 / 4) and summ["mle_mm"]["n"] == 3
 
 
-def _write_case(folder: Path, cid: str, vol: Volume) -> None:
-    write_volume(Volume(np.zeros(vol.array.shape, np.int16), vol.spacing, vol.origin, vol.direction),
-                 folder / f"{cid}_ct.nii.gz")
-    write_volume(vol, folder / f"{cid}_seg-vert_msk.nii.gz")
-    write_ctd(folder / f"{cid}_ctd.json", _centroids(vol))
+def test_extra_predicted_vertebra_counts_once():
+    gt = spine()
+    ctd = centroids_from_labels(gt)
+    far = ctd + [Centroid(24, (500.0, 500.0, 500.0))]
+    s = evaluate_case("c", gt, ctd, gt, far)
+    assert s.extra == [24] and s.missed == [] and not s.sequence_correct
+    assert all(v.identified for v in s.vertebrae)  # the extra one harms no GT vertebra
+    # A duplicate right next to L2: still one extra (one-to-one matching), L2 keeps its match.
+    near = list(ctd) + [Centroid(21, tuple(np.add(ctd[1].xyz, (0.0, 0.0, 3.0))))]
+    s = evaluate_case("c", gt, ctd, gt, near)
+    assert s.extra == [21] and s.missed == [] and by_label(s)[21].match_mm == 0
+    assert EvaluationReport([s]).summary()["labelling_precision"] == pytest.approx(4 / 5)
 
 
-def _write_pred(folder: Path, cid: str, vol: Volume) -> None:
-    write_volume(vol, folder / f"{cid}_ct_seg-vert_msk.nii.gz")  # named as `spinert run` names them
-    write_ctd(folder / f"{cid}_ct_ctd.json", _centroids(vol))
+def test_anisotropic_spacing_in_mm():
+    iso = spine(spacing=(1.0, 1.0, 1.0))
+    ani = spine(spacing=(0.5, 1.0, 3.0))
+    for vol, mm in ((iso, 2.0), (ani, 6.0)):  # a 2-slice shift along k
+        pred = spine(shift={21: (2, 0, 0)}, spacing=vol.spacing)
+        s = by_label(evaluate_case("c", vol, centroids_from_labels(vol), pred, centroids_from_labels(pred)))
+        assert s[21].hd_mm == pytest.approx(mm) and s[21].loc_error_mm == pytest.approx(mm)
+    # Hausdorff of a one-voxel bump on a face: spacing of the bump's axis (i = 0.5 mm) only.
+    g = np.zeros((12, 12, 12), np.uint8)
+    g[3:9, 3:9, 3:9] = 20
+    p = g.copy()
+    p[5, 5, 9] = 20
+    o = overlap(g, p, 20, sampling=(3.0, 1.0, 0.5))
+    assert o["hd_mm"] == pytest.approx(0.5)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real is not present")
-def test_real_cases_against_themselves_are_perfect(tmp_path):
-    rep = evaluate_folders(REAL, REAL, progress=False)
-    s = rep.summary()
-    assert s["vertebrae"] == 15 and s["identification_rate"] == 1 and s["mle_mm"]["mean"] == 0
-    assert s["dice"]["mean"] == 1 and s["hd95_mm"]["mean"] == 0 and s["sequence_accuracy"] == 1
-    paths = write_report(rep, tmp_path / "r")
-    assert json.loads(paths["json"].read_text())["summary"]["vertebrae"] == 15
-    assert paths["png"].stat().st_size > 10_000 and "identification rate" in paths["md"].read_text()
-    with pytest.raises(OutputExistsError):
-        write_report(rep, tmp_path / "r")
+def test_prediction_on_another_grid_is_rejected():
+    gt = spine()
+    pred = Volume(gt.array, (1.0, 1.0, 1.0), gt.origin, gt.direction)
+    with pytest.raises(DatasetError, match="not on the GT image grid.*spacing"):
+        evaluate_case("c", gt, [], pred, [])
 
 
-def test_dataset_errors(tmp_path):
-    gt = _spine()
-    with pytest.raises(DatasetError, match="no such folder"):
-        list_cases(tmp_path / "nope")
-    with pytest.raises(DatasetError, match="no VerSe-style cases"):
-        list_cases(tmp_path)
-    _write_case(tmp_path, "a", gt)
-    (tmp_path / "a_ctd.json").unlink()
-    with pytest.raises(DatasetError, match="lacks a_ctd.json"):
-        list_cases(tmp_path)
-    (tmp_path / "a_ctd.json").write_text('{"label": 1}')
-    with pytest.raises(DatasetError, match="JSON list"):
-        read_ctd(tmp_path / "a_ctd.json")
-    (tmp_path / "a_ctd.json").write_text('[{"label": 99, "X": 0, "Y": 0, "Z": 0}]')
-    with pytest.raises(DatasetError, match="not a VerSe"):
-        read_ctd(tmp_path / "a_ctd.json")
-    shifted = Volume(gt.array, gt.spacing, (0.0, 0.0, 0.0), gt.direction)
-    write_volume(shifted, tmp_path / "a_seg-vert_msk.nii.gz", overwrite=True)
-    with pytest.raises(DatasetError, match="differ in origin"):
-        read_case(tmp_path, "a")
-    bad = Volume(np.full(gt.array.shape, 77, np.uint8), gt.spacing, gt.origin, gt.direction)
-    write_volume(bad, tmp_path / "a_seg-vert_msk.nii.gz", overwrite=True)
-    with pytest.raises(DatasetError, match="not VerSe IDs"):
-        read_case(tmp_path, "a").labels
-
-
-def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["evaluate", "--gt", str(tmp_path / "missing"), "--pred", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no such folder" in err[0]
+def test_in_memory_engine_result_scores_like_files(tmp_path):
+    """evaluate_result: what issues 5/6 call on held-out cases without writing files."""
+    from engine.io import write_volume
+    from engine.verse import read_case, write_ctd
+    gt = spine()
+    write_volume(gt, tmp_path / "x_seg-vert_msk.nii.gz")
+    write_ctd(tmp_path / "x_ctd.json", centroids_from_labels(gt))
+    verts = []
+    for c in centroids_from_labels(gt):
+        m = gt.array == c.label
+        box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(m))
+        verts.append(Vertebra(c.label, c.name, c.xyz, 0.9, m[box], tuple(s.start for s in box[::-1])))
+    result = SpineResult("x", gt.geometry(), verts)
+    vol, ctd = prediction_from_result(result)
+    assert np.array_equal(vol.array, gt.array)
+    s = evaluate_result(read_case(tmp_path, "x"), result)
+    assert s.sequence_correct and all(v.dice == 1 and v.loc_error_mm == pytest.approx(0, abs=1e-9)
+                                      for v in s.vertebrae)
