@@ -145,3 +145,24 @@ def card_text(name: str, title: str, entry: dict[str, Any], body: str) -> str:
              "## Export parity (max abs error vs PyTorch fp32, random input)", "", "```json",
              json.dumps(entry.get("parity", {}), indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def export_and_ship(name: str, title: str, model: torch.nn.Module, example_shape: tuple[int, ...],
+                    io_names: tuple[str, str], entry: dict[str, Any], card_body: str, out: Path,
+                    work: Path) -> dict:
+    """The common tail of every model's training: ONNX fp32 + fp16, parity on random input, manifest
+    entry (arch, params, FLOPs, parity added to ``entry``) and model card."""
+    from training.nets import config_dict, count_flops, count_params
+
+    fp32, fp16 = work / f"{name}.onnx", work / f"{name}_fp16.onnx"
+    example = torch.rand(1, *example_shape)
+    export_onnx(model, example, fp32, *io_names)
+    to_fp16(fp32, fp16)
+    x = np.random.default_rng(0).random((2, *example_shape), dtype=np.float32)
+    par = {"fp32_max_abs": parity(model, fp32, x), "fp16_max_abs": parity(model, fp16, x),
+           "input": f"uniform [0,1) {list(x.shape)}"}
+    entry = {**entry, "arch": {"name": type(model).__name__, **config_dict(model.cfg)},
+             "params": count_params(model), "flops": count_flops(model, example), "parity": par}
+    card = card_text(name, title, entry, card_body)
+    return {"manifest": str(ship(name, fp32, fp16, out, entry, card)), "metrics": entry.get("metrics"),
+            "parity": par}

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from engine.modelio import labeller_input
 from engine.preprocess import AIR_HU, crop_centered
 from training import common, data, export
-from training.nets import LabellerConfig, ResNetTransformer3D, config_dict, count_flops, count_params
+from training.nets import LabellerConfig, ResNetTransformer3D
 
 PREPROCESS = {"spacing_mm": 1.0, "shape": [48, 96, 96], "crop": "fixed", "extent_mm": [64.0, 128.0, 128.0],
               "margin_mm": 2.0, "hu_window": [-400.0, 1400.0], "channels": ["mask", "ct"]}
@@ -158,20 +158,11 @@ def train(args, log=print) -> dict:
 
 
 def ship(model, pp, classes, metrics, trained, out: Path, work: Path, version: str) -> dict:
-    fp32, fp16 = work / "labeller.onnx", work / "labeller_fp16.onnx"
-    example = torch.rand(1, model.cfg.in_channels, *pp["shape"])
-    export.export_onnx(model, example, fp32, "x", "logits")
-    export.to_fp16(fp32, fp16)
-    x = np.random.default_rng(0).random((2, model.cfg.in_channels, *pp["shape"]), dtype=np.float32)
-    par = {"fp32_max_abs": export.parity(model, fp32, x), "fp16_max_abs": export.parity(model, fp16, x),
-           "input": f"uniform [0,1) {list(x.shape)}"}
-    entry = {"preprocess": pp, "classes": [int(c) for c in classes], "version": version,
-             "arch": {"name": "ResNetTransformer3D", **config_dict(model.cfg)}, "trained": trained,
-             "metrics": metrics, "params": count_params(model), "flops": count_flops(model, example),
-             "parity": par}
-    card = export.card_text("labeller", "Labeller: 3-D ResNet34-style + Transformer", entry, CARD_BODY)
-    return {"manifest": str(export.ship("labeller", fp32, fp16, out, entry, card)), "metrics": metrics,
-            "parity": par}
+    entry = {"preprocess": pp, "classes": [int(c) for c in classes], "version": version, "trained": trained,
+             "metrics": metrics}
+    return export.export_and_ship("labeller", "Labeller: 3-D ResNet34-style + Transformer", model,
+                                  (model.cfg.in_channels, *pp["shape"]), ("x", "logits"), entry, CARD_BODY,
+                                  out, work)
 
 
 CARD_BODY = """

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from engine.modelio import segmenter_input
 from engine.preprocess import AIR_HU, crop_centered
 from training import common, data, export
-from training.nets import AttentionUNet3D, UNetConfig, config_dict, count_flops, count_params
+from training.nets import AttentionUNet3D, UNetConfig
 
 PREPROCESS = {"spacing_mm": 1.0, "roi": 128, "hu_window": [-400.0, 1400.0], "weight_sigma_mm": 24.0,
               "threshold": 0.5}
@@ -179,20 +179,9 @@ def train(args, log=print) -> dict:
 
 def ship(model, pp, widths, metrics, trained, out: Path, work: Path, version: str) -> dict:
     r = int(pp["roi"])
-    fp32, fp16 = work / "segmenter.onnx", work / "segmenter_fp16.onnx"
-    example = torch.rand(1, 2, r, r, r)
-    export.export_onnx(model, example, fp32, "roi", "prob")
-    export.to_fp16(fp32, fp16)
-    x = np.random.default_rng(0).random((2, 2, r, r, r), dtype=np.float32)
-    par = {"fp32_max_abs": export.parity(model, fp32, x), "fp16_max_abs": export.parity(model, fp16, x),
-           "input": f"uniform [0,1) {list(x.shape)}"}
-    entry = {"preprocess": pp, "classes": ["vertebra"], "version": version,
-             "arch": {"name": "AttentionUNet3D", **config_dict(model.cfg)}, "trained": trained,
-             "metrics": metrics, "params": count_params(model), "flops": count_flops(model, example),
-             "parity": par}
-    card = export.card_text("segmenter", "Segmenter: attention 3-D U-Net", entry, CARD_BODY)
-    return {"manifest": str(export.ship("segmenter", fp32, fp16, out, entry, card)), "metrics": metrics,
-            "parity": par}
+    entry = {"preprocess": pp, "classes": ["vertebra"], "version": version, "trained": trained, "metrics": metrics}
+    return export.export_and_ship("segmenter", "Segmenter: attention 3-D U-Net", model, (2, r, r, r),
+                                  ("roi", "prob"), entry, CARD_BODY, out, work)
 
 
 CARD_BODY = """
