@@ -1,0 +1,146 @@
+"""`spinert bench`: a real --quick run on a small CT (real onnxruntime sessions, real ZeroMQ sockets), the
+report's required keys, markdown and PNGs, --compare ratios, and one-line errors for bad input.
+No timing is asserted."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.runner import parse_sizes, pct
+from engine.errors import InputError
+
+STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess")
+
+
+def _spinert(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spinert", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def small_ct(tmp_path_factory) -> Path:
+    """The shipped sample CT cut to 20 sagittal slices: every stage and micro-benchmark runs, quickly."""
+    from engine.io import read_volume, write_volume
+    from spinert import asset_path
+
+    v = read_volume(asset_path("data/sample_ct.nii.gz"))
+    mid = v.array.shape[2] // 2
+    out = tmp_path_factory.mktemp("ct") / "small_ct.nii.gz"
+    write_volume(replace(v, array=np.ascontiguousarray(v.array[:, :, mid - 10:mid + 10]), name="small"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(small_ct, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    r = _spinert("bench", "--quick", "--runs", "1", "--warmup", "0", "--ct", str(small_ct),
+                 "--json", str(out / "r.json"), "--plot", str(out / "plots"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, r
+
+
+def test_quick_report_has_required_keys(quick_run):
+    out, r = quick_run
+    rep = json.loads((out / "r.json").read_text())
+    for q in ("p50", "p95", "p99", "max"):
+        assert rep["end_to_end_ms"][q] > 0
+    assert set(rep["stages"]) == set(STAGES)
+    for s in STAGES:
+        assert {"p50_ms", "p95_ms", "p99_ms"} <= set(rep["stages"][s])
+    assert rep["stages"]["detect"]["p50_ms"] > 0
+    d = rep["dbscan"]
+    assert d["identical"] is True and d["speedup_vs_sklearn"] > 0
+    m = rep["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and m["libraries"]["onnxruntime"]
+    from engine.backends.base import cuda_device_count
+
+    if cuda_device_count() == 0:  # honest CPU report: no GPU, no GPU memory
+        assert m["gpu"] is None
+        assert all(c["peak_gpu_mb"] is None for c in rep["matrix"])
+    # The shipped placeholders are untrained and the report must say so.
+    from engine.models import MODEL_NAMES, load_manifest
+
+    specs = load_manifest(None)
+    assert rep["models_trained"] == all(specs[n].is_trained for n in MODEL_NAMES)
+    if not rep["models_trained"]:
+        assert "untrained" in rep["models_note"]
+        assert "untrained placeholders" in (out / "r.md").read_text()
+    cell = rep["matrix"][0]
+    assert cell["backend"] == "onnxruntime" and cell["precision"] == "fp32" and cell["ct"] == "small_ct.nii.gz"
+    assert cell["slices"] > 0 and cell["peak_host_mb"] > 0 and cell["throughput"]["cts_per_s"] > 0
+    # GPU backends cannot run here: skipped with a reason, not silently dropped.
+    if cuda_device_count() == 0:
+        assert "no CUDA GPU" in rep["skipped"]["tensorrt/fp32"]
+    b = rep["naive_baseline"]
+    assert b["naive_all_slices"]["slices"] == 20 and b["detect_speedup"] > 0 and b["end_to_end_speedup"] > 0
+    ms = rep["model_sessions"]["onnxruntime/fp32"]
+    assert ms["segmenter"]["input_shape"] == [1, 2, 128, 128, 128] and ms["segmenter"]["ms_per_roi"] > 0
+    assert ms["labeller"]["ms_per_vertebra"] > 0 and ms["detector"]["ms_per_slice"] > 0
+    assert rep["nms"]["identical"] is True
+    assert rep["bridge"]["sizes"]["message_bytes"] > 0 and rep["publish_ms"]["p50"] > 0
+
+
+def test_quick_writes_markdown_and_pngs(quick_run):
+    out, r = quick_run
+    md = (out / "r.md").read_text()
+    assert "| backend | prec | CT |" in md and "small_ct.nii.gz" in md and "DBSCAN" in md
+    assert md.strip() in r.stdout  # the same table is printed
+    for name in ("stage_breakdown.png", "latency_vs_size.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_outputs_are_not_overwritten(quick_run, small_ct):
+    out, _ = quick_run
+    r = _spinert("bench", "--quick", "--ct", str(small_ct), "--json", str(out / "r.json"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--overwrite" in r.stderr
+
+
+def test_compare_prints_ratios(quick_run, tmp_path):
+    out, _ = quick_run
+    a = json.loads((out / "r.json").read_text())
+    b = copy.deepcopy(a)
+    for q in ("p50", "p95", "p99"):
+        b["end_to_end_ms"][q] = a["end_to_end_ms"][q] * 2
+        b["stages"]["detect"][f"{q}_ms"] = a["stages"]["detect"][f"{q}_ms"] / 4
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = _spinert("bench", "--compare", str(out / "r.json"), str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[0] if not ln.startswith("end to end") else "e2e": ln for ln in r.stdout.splitlines() if ln}
+    assert lines["e2e"].split()[-3:] == ["2.000", "2.000", "2.000"]
+    assert lines["detect"].split()[-3:] == ["0.250", "0.250", "0.250"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--runs", "abc"], "--runs"),
+    (["--runs", "0"], "--runs"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--sizes", "7"], "--sizes"),
+    (["--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "does not exist"),
+    (["--ct", "/nonexistent/ct.nii.gz"], "does not exist"),
+])
+def test_bad_input_one_line_exit_2(args, needle):
+    r = _spinert("bench", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr
+
+
+def test_compare_rejects_non_report(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"hello": 1}))
+    r = _spinert("bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "a.json"))
+    assert r.returncode == 2 and "not a spinert bench report" in r.stderr
+
+
+def test_pct_and_sizes():
+    p = pct([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert p["p50"] == 3.0 and p["max"] == 100.0 and p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+    assert pct([])["p50"] is None
+    assert parse_sizes(["sample", "6", "24"]) == ["sample", 6, 24]
+    with pytest.raises(InputError):
+        parse_sizes(["lots"])
