@@ -23,7 +23,13 @@ L3_CASE = "tptbox-sample-ct-L3"  # the one whole vertebra (L3, label 22) among t
 def _l3_mask() -> tuple[np.ndarray, float]:
     from engine.io import read_volume
 
-    lab = read_volume(REAL / f"{L3_CASE}_seg-vert_msk.nii.gz")
+    real = REAL / f"{L3_CASE}_seg-vert_msk.nii.gz"
+    if real.is_file():
+        lab = read_volume(real)
+    else:  # outside the workplace: the shipped demo phantom's L3 (same label, ~1 mm grid)
+        from spinert import asset_path
+
+        lab = read_volume(str(asset_path("data", "sample_seg-vert_msk.nii.gz")))
     from scipy import ndimage
 
     box = ndimage.find_objects((lab.array == 22).astype(np.uint8))[0]

@@ -126,19 +126,20 @@ def plots(rep: dict, out: Path) -> list[Path]:
     # 2. latency vs CT size (canonical sagittal slices detected), one line per backend/precision.
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = sorted({(c["backend"], c["precision"]) for c in cells})
-    for k in keys:
+    for ki, k in enumerate(keys):
+        col = plt.cm.tab10.colors[ki % 10]
         pts = sorted(((c["shape_ijk"][0] * c["shape_ijk"][1] * c["shape_ijk"][2] / 1e6, c["end_to_end_ms"]["p50"] / 1e3,
                        c["end_to_end_ms"]["p95"] / 1e3, c["ct"]) for c in cells if (c["backend"], c["precision"]) == k))
         xs = [q[0] for q in pts]
-        ax.plot(xs, [q[1] for q in pts], "o-", label=f"{k[0]}/{k[1]} p50")
-        ax.plot(xs, [q[2] for q in pts], "x:", alpha=0.6, label=f"{k[0]}/{k[1]} p95")
+        ax.plot(xs, [q[1] for q in pts], "o-", color=col, label=f"{k[0]}/{k[1]} p50")
+        ax.plot(xs, [q[2] for q in pts], "x:", color=col, alpha=0.6, label=f"{k[0]}/{k[1]} p95")
         for q in pts:
             ax.annotate(q[3], (q[0], q[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         projected = sorted((c["shape_ijk"][0] * c["shape_ijk"][1] * c["shape_ijk"][2] / 1e6,
                             c["projected_trained_ms"] / 1e3) for c in cells
                            if (c["backend"], c["precision"]) == k and c.get("projected_trained_ms"))
         if projected:
-            ax.plot([q[0] for q in projected], [q[1] for q in projected], "s--", alpha=0.7,
+            ax.plot([q[0] for q in projected], [q[1] for q in projected], "s--", color=col, alpha=0.7,
                     label=f"{k[0]}/{k[1]} projected trained")
     ax.set_xlabel("CT size (M voxels)")
     ax.set_ylabel("end-to-end latency (s)")
