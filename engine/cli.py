@@ -25,6 +25,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the runtime (default: all)")
     p.add_argument("--max-spacing", type=float, default=None, metavar="MM",
                    help="largest voxel spacing accepted (default 3 mm; thicker slices are refused)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="TensorRT backends: rebuild a missing or stale engine instead of refusing it")
 
 
 def register(sub) -> None:
@@ -52,7 +54,7 @@ def _cascade(args):
     from engine.pipeline import Cascade
 
     kw = {"all_slices": args.all_slices or None, "stride": args.stride, "threads": args.threads,
-          "max_spacing_mm": args.max_spacing}
+          "max_spacing_mm": args.max_spacing, "rebuild": args.rebuild}
     if args.stride < 1:
         raise InputError(f"--stride must be >= 1, got {args.stride}")
     if args.max_batch is not None:

@@ -14,7 +14,7 @@ from engine.errors import ModelError
 
 SCHEMA = "spinert.models/1"
 MODEL_NAMES = ("detector", "segmenter", "labeller")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: the Q/DQ ONNX of `spinert calibrate`
 
 
 def sha256_file(path: str | Path) -> str:

@@ -44,6 +44,7 @@ class CascadeConfig:
     max_batch: dict[str, int] = field(default_factory=lambda: {"detector": 16, "segmenter": 2, "labeller": 16})
     threads: int | None = None  # CPU intra-op threads (None: the runtime's default)
     verify_models: bool = True  # sha256 of each model file against the manifest
+    rebuild: bool = False  # TensorRT backends: rebuild a missing or stale engine instead of refusing it
     array_module: str = "numpy"  # "numpy" or "cupy" (pre/post-processing on the GPU)
     # Input limits. Thick slices are refused: at > 3 mm the segmenter (trained on 1 mm voxels) sees
     # interpolated endplates and centres are quantised to +-1.5 mm along the spine, which is the size of
@@ -168,7 +169,7 @@ class Cascade:
             for m in MODEL_NAMES:
                 self.sessions[m] = load_session(self.specs[m], self.config.backend, self.config.precision,
                                                 max_batch=self.config.max_batch.get(m), threads=self.config.threads,
-                                                verify=self.config.verify_models)
+                                                verify=self.config.verify_models, rebuild=self.config.rebuild)
         except Exception:
             self.close()
             raise

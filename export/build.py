@@ -16,9 +16,12 @@ runtime backend instead.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -82,6 +85,54 @@ def resolve_targets(flavour: fl.Flavour, cc: list[str] | None) -> list[str]:
     return known
 
 
+@contextmanager
+def _builder_log(into: list[str]) -> Iterator[None]:
+    """Collect Polygraphy's and TensorRT's error messages into ``into`` instead of printing them.
+
+    A failed build otherwise leaves a screen of parser/builder lines and a generic "Invalid Engine"; the
+    messages are routed through Python logging (Polygraphy's use_python_logging_system) while building.
+    """
+    from polygraphy.logger import G_LOGGER
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                into.append(record.getMessage())
+
+    logger = logging.getLogger("Polygraphy")
+    handler, propagate, old = Collect(), logger.propagate, G_LOGGER.use_python_logging_system
+    logger.addHandler(handler)
+    logger.propagate = False
+    G_LOGGER.use_python_logging_system = True
+    try:
+        yield
+    finally:
+        G_LOGGER.use_python_logging_system = old
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def build_failure(flavour: fl.Flavour, name: str, precision: str, targets: list[str], log: list[str],
+                  exc: Exception) -> str:
+    """One line: the builder's first real error (not its follow-ups or CUDA-driver noise) and a hint."""
+    reason = ""
+    for msg in log:
+        m = re.search(r"Error Code \d+: [^(]*\((.*)\)", msg, flags=re.S)
+        if m and "catchCudaError" not in msg and "CUDA driver version" not in msg:
+            reason = re.sub(r"\s+In \w+ at \S+$", "", m.group(1).strip())
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", re.sub(r"\s+", " ", reason))
+            break
+    reason = reason or str(exc).strip().splitlines()[-1]
+    line = f"{flavour.name} could not build {name} {precision}: {reason[:300]}"
+    if flavour.is_rtx and ("SM75" in reason or "Turing" in reason) and "7.5" in targets:
+        # Seen with TensorRT for RTX 1.7: on Turing even Q/DQ-wrapped convolutions and GEMMs are compiled
+        # in FP32 (no INT8 kernels there), and FP32 3-D convolution / GEMM is not supported on Turing.
+        others = ",".join(c for c in targets if c != "7.5") or "8.0,8.6,8.9,12.0"
+        line += (f" (TensorRT for RTX builds no {precision.upper()} path for Turing (cc 7.5): target newer GPUs, "
+                 f"e.g. --cc {others}" + (", or use --precision fp16)" if precision != "fp16" else ")"))
+    return line
+
+
 def build_engine(spec: ModelSpec, precision: str, flavour: fl.Flavour, out_dir: str | Path,
                  batch: tuple[int, int, int], cc: list[str] | None = None, parity: bool = True) -> mf.EngineManifest:
     """Build ``spec``'s ``precision`` model into ``out_dir``; writes the engine, its manifest and the slim ONNX."""
@@ -118,32 +169,34 @@ def build_engine(spec: ModelSpec, precision: str, flavour: fl.Flavour, out_dir: 
     G_LOGGER.module_severity = G_LOGGER.ERROR
     trt = flavour.module
     t0 = time.perf_counter()
+    log: list[str] = []
     try:
-        builder, network, parser = NetworkFromOnnxPath(str(slim_path), strongly_typed=True)()
-        io = [mf.TensorBinding(t.name, mode, [int(d) for d in t.shape], _np_dtype(trt, t.dtype))
-              for mode, tensors in (("input", [network.get_input(i) for i in range(network.num_inputs)]),
-                                    ("output", [network.get_output(i) for i in range(network.num_outputs)]))
-              for t in tensors]
-        missing = set(profiles) - {b.name for b in io if b.mode == "input"}
-        if missing:
-            raise ModelError(f"{source}: the manifest's inputs {sorted(missing)} are not inputs of the ONNX graph")
-        prof = Profile()
-        for name, p in profiles.items():
-            prof.add(name, min=p["min"], opt=p["opt"], max=p["max"])
-        timing_note, save_cache = "", None
-        if flavour.is_rtx:
-            from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+        with _builder_log(log):  # the builder's own error messages, for a one-line reason
+            builder, network, parser = NetworkFromOnnxPath(str(slim_path), strongly_typed=True)()
+            io = [mf.TensorBinding(t.name, mode, [int(d) for d in t.shape], _np_dtype(trt, t.dtype))
+                  for mode, tensors in (("input", [network.get_input(i) for i in range(network.num_inputs)]),
+                                        ("output", [network.get_output(i) for i in range(network.num_outputs)]))
+                  for t in tensors]
+            missing = set(profiles) - {b.name for b in io if b.mode == "input"}
+            if missing:
+                raise ModelError(f"{source}: the manifest's inputs {sorted(missing)} are not inputs of the ONNX graph")
+            prof = Profile()
+            for name, p in profiles.items():
+                prof.add(name, min=p["min"], opt=p["opt"], max=p["max"])
+            timing_note, save_cache = "", None
+            if flavour.is_rtx:
+                from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
 
-            config = CreateConfigRTX(profiles=[prof], compute_capabilities=[tuple(int(x) for x in c.split("."))
-                                                                            for c in targets])
-            timing_note = "not used: TensorRT for RTX ignores it and it would need a GPU at build time"
-        else:
-            cache = out_dir / TIMING_CACHE
-            config = CreateConfig(profiles=[prof], load_timing_cache=str(cache) if cache.is_file() else None)
-            save_cache, timing_note = str(cache), str(cache)
-        ser = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=save_cache)()
+                config = CreateConfigRTX(profiles=[prof], compute_capabilities=[tuple(int(x) for x in c.split("."))
+                                                                                for c in targets])
+                timing_note = "not used: TensorRT for RTX ignores it and it would need a GPU at build time"
+            else:
+                cache = out_dir / TIMING_CACHE
+                config = CreateConfig(profiles=[prof], load_timing_cache=str(cache) if cache.is_file() else None)
+                save_cache, timing_note = str(cache), str(cache)
+            ser = EngineBytesFromNetwork((builder, network, parser), config=config, save_timing_cache=save_cache)()
     except PolygraphyException as exc:
-        raise ModelError(f"{flavour.name} could not build {spec.name} {precision}: {str(exc).strip().splitlines()[-1]}") from None
+        raise ModelError(build_failure(flavour, spec.name, precision, targets, log, exc)) from None
     seconds = time.perf_counter() - t0
     data = memoryview(ser).cast("B")
     engine = out_dir / f"{stem}.engine"

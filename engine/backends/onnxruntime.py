@@ -12,7 +12,7 @@ from engine.errors import BackendError, ModelError
 if TYPE_CHECKING:
     from engine.models import ModelSpec
 
-PRECISIONS = ("fp32", "fp16")  # the manifest's ONNX files; INT8 needs a TensorRT engine
+PRECISIONS = ("fp32", "fp16", "int8")  # the manifest's ONNX files; int8 = the Q/DQ graph of `spinert calibrate`
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
@@ -67,8 +67,10 @@ def load(spec: "ModelSpec", precision: str = "fp32", backend: str = "onnxruntime
     import onnxruntime as ort
 
     if precision not in PRECISIONS:
-        raise BackendError(f"onnxruntime runs {'/'.join(PRECISIONS)} models, not {precision!r} "
-                           f"(INT8 needs a TensorRT engine: --backend tensorrt)")
+        raise BackendError(f"onnxruntime runs {'/'.join(PRECISIONS)} models, not {precision!r}")
+    if precision == "int8" and "int8" not in spec.files:
+        raise ModelError(f"model {spec.name!r} has no INT8 (Q/DQ) ONNX in {spec.root / 'manifest.json'}: "
+                         f"build it with `spinert calibrate --data DIR`")
     path = spec.path(precision)
     if not path.is_file():
         raise ModelError(f"model file missing: {path}")
