@@ -24,8 +24,11 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def set_threads(device: torch.device, threads: int | None = None) -> None:
+    """CPU threads for torch: SPINERT_TRAIN_THREADS (so two trainings can share a 2-core machine), else 2."""
+    import os
+
     if device.type == "cpu":
-        torch.set_num_threads(threads or 2)
+        torch.set_num_threads(int(os.environ.get("SPINERT_TRAIN_THREADS", 0)) or threads or 2)
 
 
 def seed_all(seed: int) -> None:

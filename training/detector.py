@@ -22,7 +22,7 @@ from tqdm import tqdm
 from engine.modelio import letterbox, sagittal_uint8
 from training import common, data, export
 
-PREPROCESS = {"spacing_mm": 1.0, "imgsz": 384, "hu_window": [-400.0, 1400.0], "plane": "sagittal",
+PREPROCESS = {"spacing_mm": 1.0, "imgsz": 256, "hu_window": [-400.0, 1400.0], "plane": "sagittal",
               "slice_axis": 2, "channels": "gray x3", "letterbox_fill": 114, "conf": 0.25, "iou": 0.5}
 MIN_AREA_FRAC = 0.3
 MIN_SIDE_MM = 6.0
@@ -151,7 +151,12 @@ def train(args, log=print) -> dict:
     else:
         if args.resume:
             log(f"--resume: no checkpoint at {last}, starting fresh")
-        model = YOLO(str(one_class_yaml(arch, work)))
+        init = getattr(args, "init", None)
+        if init and not Path(init).is_file():
+            raise common.SpinertError(f"--init weights not found: {init}")
+        model = YOLO(str(init) if init else str(one_class_yaml(arch, work)))
+        if init:
+            train_kw.update(pretrained=True, warmup_epochs=0)
         model.train(**train_kw)
     best = runs / "train" / "weights" / "best.pt"
     model = YOLO(str(best if best.is_file() else last))
@@ -161,7 +166,7 @@ def train(args, log=print) -> dict:
                "recall": float(m.box.mr), "n_val_slices": n_img["val"]}
     log(f"detector final (best epoch, val slices): {metrics}")
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
-               "schedule": {"arch": arch, "epochs": epochs, "batch": batch, "imgsz": pp["imgsz"],
+               "schedule": {"arch": arch, "init": str(getattr(args, "init", None) or "scratch"), "epochs": epochs, "batch": batch, "imgsz": pp["imgsz"],
                             "slice_step_mm": step, "optimizer": "ultralytics auto", "cos_lr": True,
                             "augment": "mosaic, scale, translate; no flips/hsv", "box_rule":
                             f"area >= {MIN_AREA_FRAC} x max sagittal area and sides >= {MIN_SIDE_MM} mm"},
@@ -270,7 +275,8 @@ clusters the boxes of all slices into vertebra centres (two-stage DBSCAN).
   score of the single class "vertebra", no NMS (apply `conf` / `iou` of `preprocess`).
 - training boxes: the vertebra's minimal axis-aligned bounding rectangle on the slice; edge sections are not
   boxed (rule in `trained.schedule.box_rule`).
-- image size: the paper uses 640; on a 2-core CPU one 640 training image costs ~2.8x a 384 one, and at
-  1 mm/pixel a whole spine FOV (<= ~500 mm) at 384 still gives a vertebra >= ~20 px, ample for YOLO's
-  stride-8 head. The runtime reads `imgsz` from here.
+- image size: the paper uses 640; on a 2-core CPU one 640 training image costs ~6x a 256 one. A 420 mm
+  field of view at 256 px still draws a vertebral body ~15 px tall, enough for YOLO's stride-8 head, and
+  the box centres are only used to place the segmenter's ROI (final centres come from the masks). The
+  runtime reads `imgsz` from here, so a 640 model needs no engine change.
 """

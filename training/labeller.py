@@ -18,7 +18,7 @@ from engine.preprocess import AIR_HU, crop_centered
 from training import common, data, export
 from training.nets import LabellerConfig, ResNetTransformer3D
 
-PREPROCESS = {"spacing_mm": 1.0, "shape": [48, 96, 96], "crop": "fixed", "extent_mm": [64.0, 128.0, 128.0],
+PREPROCESS = {"spacing_mm": 1.0, "shape": [48, 96, 96], "crop": "fixed", "extent_mm": [128.0, 128.0, 128.0],
               "margin_mm": 2.0, "hu_window": [-400.0, 1400.0], "channels": ["mask", "ct"]}
 JITTER_MM = 3.0
 

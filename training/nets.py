@@ -38,7 +38,10 @@ class AttentionGate(nn.Module):
 @dataclass
 class UNetConfig:
     in_channels: int = 2
-    widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    widths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    # Levels (from the top) built with ONE conv per block instead of two: the full-resolution level holds
+    # most of the voxels, so a thin single-conv level keeps 1 mm boundaries at a fraction of the FLOPs.
+    light_levels: int = 1
 
 
 class AttentionUNet3D(nn.Module):
@@ -51,13 +54,17 @@ class AttentionUNet3D(nn.Module):
     def __init__(self, cfg: UNetConfig | None = None):
         super().__init__()
         self.cfg = cfg or UNetConfig()
-        w = self.cfg.widths
-        self.enc = nn.ModuleList([DoubleConv(self.cfg.in_channels, w[0])] +
-                                 [DoubleConv(w[i - 1], w[i]) for i in range(1, len(w))])
+        w, light = self.cfg.widths, self.cfg.light_levels
+
+        def block(level: int, cin: int, cout: int) -> nn.Module:
+            return conv_bn_relu(cin, cout) if level < light else DoubleConv(cin, cout)
+
+        self.enc = nn.ModuleList([block(0, self.cfg.in_channels, w[0])] +
+                                 [block(i, w[i - 1], w[i]) for i in range(1, len(w))])
         self.up = nn.ModuleList([nn.ConvTranspose3d(w[i], w[i - 1], 2, stride=2) for i in range(len(w) - 1, 0, -1)])
         self.att = nn.ModuleList([AttentionGate(w[i - 1], w[i - 1], max(4, w[i - 1] // 2))
                                   for i in range(len(w) - 1, 0, -1)])
-        self.dec = nn.ModuleList([DoubleConv(2 * w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
+        self.dec = nn.ModuleList([block(i - 1, 2 * w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
         self.head = nn.Conv3d(w[0], 1, 1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ def train(args, log=print) -> dict:
     common.set_threads(device)
     common.seed_all(args.seed)
     pp = dict(PREPROCESS)
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else ([4, 8, 16] if args.tiny else [8, 16, 32, 64])
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else ([4, 8, 16] if args.tiny else [4, 8, 16, 32, 64])
     if args.tiny:
         pp["roi"] = 32  # the graph is fully convolutional; tiny runs only prove the pipeline end to end
     patch = args.patch or (16 if args.tiny else 64)
@@ -193,7 +193,9 @@ the vertebra's estimated centre (seed 000, stage 2).
   `engine.modelio.segmenter_input`.
 - output `prob` float32 [N, 1, 128, 128, 128]: sigmoid probability that a voxel belongs to the centred
   vertebra (sigmoid inside the graph); threshold `preprocess.threshold`.
-- architecture: 3-D U-Net (widths in `arch`), two conv+BN+ReLU per level, max-pool down, transposed conv up,
+- architecture: 3-D U-Net (widths in `arch`), two conv+BN+ReLU per level except the full-resolution one
+  (`light_levels`: one conv each side - it holds 8x the voxels of the next level, so a thin single conv keeps
+  1 mm boundaries at ~1/5 of the FLOPs of a classic 8-16-32-64 U-Net), max-pool down, transposed conv up,
   additive attention gates (Oktay et al.) on every skip connection, 1x1x1 conv + sigmoid head.
 - training: ROIs centred at the ground-truth centre + a random offset (uniform in a ball of
   `train_offset_mm`), random sub-crops of both channels and the target (the net is fully convolutional),
