@@ -1,10 +1,15 @@
 """engine.cluster: DBSCAN parity with scikit-learn, and the two-stage box clustering."""
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
+
 import numpy as np
 import pytest
 from sklearn.cluster import DBSCAN as SkDBSCAN
 
+import engine.cluster as C
 from bench.micro_dbscan import bench_one, detections_of_size, synth_detections
 from engine.cluster import (DBSCAN, BoxSet, ClusterParams, cluster_boxes, connected_components_min_label,
                             neighbour_pairs)
@@ -19,13 +24,50 @@ def sk(X, eps, ms):
     return m.labels_, m.core_sample_indices_
 
 
+@contextlib.contextmanager
+def settings(**kw):
+    """Temporarily set engine.cluster's tuning constants (to force a path or tiny blocks)."""
+    old = {k: getattr(C, k) for k in kw}
+    try:
+        for k, v in kw.items():
+            setattr(C, k, v)
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(C, k, v)
+
+
+# Every implementation path of the numpy estimator; each must equal sklearn on its own.
+VARIANTS = {
+    "auto": {},
+    "scipy": {"components": "scipy"},
+    "propagate": {"components": "propagate"},
+    "small-pass, float keys, tiny blocks": {"_SMALL_MAX_CANDIDATES": 1 << 40, "_KEY_MAX": 0, "_BLOCK": 64},
+    "band+runs": {"_SMALL_MAX_CANDIDATES": -1},
+    "band+runs, float keys, tiny blocks, scipy": {"_SMALL_MAX_CANDIDATES": -1, "_KEY_MAX": 0, "_BLOCK": 64,
+                                                  "components": "scipy"},
+}
+
+
+def fits(X, eps, ms):
+    """(variant, labels, core indices) for every numpy path, and the array-module generic path."""
+    for name, cfg in VARIANTS.items():
+        cfg = dict(cfg)
+        comp = cfg.pop("components", "auto")
+        with settings(**cfg):
+            est = DBSCAN(eps, ms, components=comp).fit(X)
+        yield name, est.labels_, est.core_sample_indices_
+    X = np.asarray(X, dtype=np.float64)
+    if len(X):
+        lab, core = C._fit_generic(X, float(eps), ms, np, "propagate")
+        yield "generic (CuPy's path)", lab, core
+
+
 def assert_same(X, eps, ms):
     want, want_core = sk(X, eps, ms)
-    for comp in ("scipy", "propagate"):
-        est = DBSCAN(eps, ms, components=comp)
-        got = est.fit_predict(X)
-        np.testing.assert_array_equal(got, want, err_msg=f"components={comp} eps={eps} ms={ms}")
-        np.testing.assert_array_equal(est.core_sample_indices_, want_core)
+    for name, got, core in fits(X, eps, ms):
+        np.testing.assert_array_equal(got, want, err_msg=f"{name}: eps={eps} ms={ms}")
+        np.testing.assert_array_equal(core, want_core, err_msg=f"{name}: core, eps={eps} ms={ms}")
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -76,6 +118,61 @@ def test_border_point_goes_to_first_discovered_cluster():
     assert got2[4] == got2[0] == 0 and got2[5] == 1
 
 
+def _three_chains_around(centre, rng):
+    """Three 3-D core chains whose end points are within eps=1 of `centre`, pointing away from it in
+    different directions; the centre itself has 3 neighbours (< min_samples=5): a border point of all."""
+    dirs = np.array([[1.0, 0.0, 0.1], [-0.5, 0.866, -0.1], [-0.5, -0.866, 0.15]])  # ~120 deg apart: ends > eps apart
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    gaps = np.array([0.95, 0.8, 0.88])  # the nearest chain is not the first one; gap + 0.3 > eps
+    chains = [centre + d * (g + 0.3 * np.arange(6))[:, None] + rng.normal(0, 1e-3, (6, 3)) for d, g in zip(dirs, gaps)]
+    return chains
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+def test_border_point_within_eps_of_several_clusters(perm):
+    rng = np.random.default_rng(sum(perm))
+    centre = np.array([5.0, 5.0, 5.0])
+    chains = _three_chains_around(centre, rng)
+    # Chain perm[0] gets the lowest indices -> cluster 0, and must claim the border point whatever its
+    # distance; the border point's own index (first, middle, last) must not matter.
+    ordered = [chains[k] for k in perm]
+    for where in (0, 6, 18):
+        pts = np.concatenate(ordered)
+        X = np.insert(pts, where, centre, axis=0)
+        want = sk(X, 1.0, 5)[0]
+        assert want[where] == 0 and len(set(want.tolist())) == 3  # the case really is a 3-way tie
+        assert_same(X, 1.0, 5)
+    # Scrambled indices: the claimant is the cluster holding the smallest core index.
+    X = np.concatenate([centre[None]] + chains)
+    X = X[np.random.default_rng(7).permutation(len(X))]
+    assert_same(X, 1.0, 5)
+
+
+def test_ties_at_eps_follow_sklearn_summation_order():
+    # Pairs whose squared distance rounds differently with another summation order: sklearn (KD-tree
+    # rdist) sums ((0 + dx0^2) + dx1^2) + dx2^2 and compares with eps*eps. eps is picked so one order
+    # lands exactly on eps^2 and the other does not; far-away filler points keep sklearn on its tree.
+    rng = np.random.default_rng(11)
+    cases = 0
+    for _ in range(20000):
+        dx = rng.uniform(0.1, 1.0, 3)
+        sq = dx * dx
+        seq, alt = (sq[0] + sq[1]) + sq[2], sq[0] + (sq[1] + sq[2])
+        if seq == alt:
+            continue
+        for r2 in (seq, alt):  # inside by our order / outside by our order (or the reverse)
+            eps = math.sqrt(r2)
+            if eps * eps != r2:
+                continue
+            fill = 100.0 + 10.0 * np.arange(14)[:, None] * np.ones((1, 3))
+            X = np.concatenate([[np.zeros(3), dx], fill])
+            assert_same(X, eps, 2)
+            cases += 1
+        if cases >= 6:
+            break
+    assert cases >= 6
+
+
 def test_parity_duplicates_and_grid():
     rng = np.random.default_rng(7)
     base = rng.uniform(0, 10, size=(60, 3))
@@ -108,17 +205,43 @@ def test_edge_cases():
 
 
 def test_chunked_pairs_equal(monkeypatch):
-    import engine.cluster as C
-
     X = np.random.default_rng(1).normal(0, 2, size=(400, 3))
     want = sk(X, 1.5, 4)[0]
-    monkeypatch.setattr(C, "_MAX_PAIRS_PER_CHUNK", 97)  # force many chunks
-    np.testing.assert_array_equal(DBSCAN(1.5, 4).fit_predict(X), want)
+    for cfg in ({"_BLOCK": 97}, {"_BLOCK": 97, "_SMALL_MAX_CANDIDATES": -1}):  # many blocks, both numpy paths
+        with settings(**cfg):
+            np.testing.assert_array_equal(DBSCAN(1.5, 4).fit_predict(X), want)
+    monkeypatch.setattr(C, "_MAX_PAIRS_PER_CHUNK", 97)  # generic path: many chunks
+    np.testing.assert_array_equal(C._fit_generic(X, 1.5, 4, np, "auto")[0], want)
     s, t = neighbour_pairs(X, 1.5)
     d = np.linalg.norm(X[:, None] - X[None], axis=-1)
     brute = {(i, j) for i, j in zip(*np.nonzero(np.triu(d <= 1.5, 1)))}
     assert {(min(a, b), max(a, b)) for a, b in zip(s.tolist(), t.tolist())} == brute
     assert len(s) == len(brute)
+
+
+@pytest.mark.parametrize("key_max", [1 << 16, 0], ids=["integer keys", "float keys"])
+@pytest.mark.parametrize("seed", range(3))
+def test_sweep_windows_hold_every_neighbour(key_max, seed):
+    # Forward windows of each sorted point hold all its later neighbours; the backward windows
+    # (large path, exact counts) hold all earlier ones.
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(0, 2, size=(150, 3)), rng.uniform(-8, 8, size=(50, 3)),
+                        np.round(rng.uniform(0, 5, size=(40, 3)))])  # integer points: distances exactly eps
+    eps = 1.0 + seed
+    with settings(_KEY_MAX=key_max):
+        sw = C._sweep(X, eps)
+    assert sw.integer_keys == (key_max > 0)
+    Xs = sw.Xs.T
+    d2 = ((Xs[:, None, :] - Xs[None, :, :]) ** 2).sum(-1)
+    n = len(X)
+    prev_lo, prev_hi, own_lo = sw.back(np.arange(n))
+    for i in range(n):
+        fwd = set(range(i + 1, sw.hi_a[i])) | set(range(sw.lo_b[i], sw.hi_b[i]))
+        back = set(range(own_lo[i], i)) | set(range(prev_lo[i], prev_hi[i]))
+        nbrs = set(np.nonzero(d2[i] <= eps * eps)[0].tolist()) - {i}
+        assert {j for j in nbrs if j > i} <= fwd
+        assert {j for j in nbrs if j < i} <= back
+        assert not (fwd & back)
 
 
 def test_components_propagation_matches_scipy():
@@ -129,12 +252,12 @@ def test_components_propagation_matches_scipy():
     n = 300
     src = rng.integers(0, n, 260)
     dst = rng.integers(0, n, 260)
-    lab = connected_components_min_label(n, src, dst, np)
     ref = connected_components(coo_matrix((np.ones(260), (src, dst)), shape=(n, n)), directed=False)[1]
-    # same partition, and each label is the component's smallest index
-    for c in np.unique(ref):
-        members = np.nonzero(ref == c)[0]
-        assert np.all(lab[members] == members.min())
+    for lab in (connected_components_min_label(n, src, dst, np), C._propagate_numpy(n, src, dst)):
+        # same partition, and each label is the component's smallest index
+        for c in np.unique(ref):
+            members = np.nonzero(ref == c)[0]
+            assert np.all(lab[members] == members.min())
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -42,6 +42,10 @@ class UNetConfig:
     # Levels (from the top) built with ONE conv per block instead of two: the full-resolution level holds
     # most of the voxels, so a thin single-conv level keeps 1 mm boundaries at a fraction of the FLOPs.
     light_levels: int = 1
+    # A second 1x1 head on the half-resolution decoder level, upsampled and added to the full-resolution
+    # logits: the thin full-resolution level then only refines boundaries, and the coarse level (which
+    # learns fast) gets a direct gradient path from the loss.
+    coarse_head: bool = True
 
 
 class AttentionUNet3D(nn.Module):
@@ -66,6 +70,7 @@ class AttentionUNet3D(nn.Module):
                                   for i in range(len(w) - 1, 0, -1)])
         self.dec = nn.ModuleList([block(i - 1, 2 * w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
         self.head = nn.Conv3d(w[0], 1, 1)
+        self.head_coarse = nn.Conv3d(w[1], 1, 1) if self.cfg.coarse_head and len(w) > 1 else None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -73,11 +78,17 @@ class AttentionUNet3D(nn.Module):
             x = block(x if i == 0 else F.max_pool3d(x, 2))
             skips.append(x)
         x = skips.pop()
+        coarse = None
         for up, att, dec in zip(self.up, self.att, self.dec):
+            if len(skips) == 1 and self.head_coarse is not None:
+                coarse = self.head_coarse(x)  # x is the half-resolution decoder output here
             g = up(x)
             s = skips.pop()
             x = dec(torch.cat([att(s, g), g], dim=1))
-        return self.head(x)
+        out = self.head(x)
+        if coarse is not None:
+            out = out + F.interpolate(coarse, scale_factor=2.0, mode="trilinear", align_corners=False)
+        return out
 
     def forward(self, roi: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(roi))
