@@ -1,4 +1,4 @@
-"""Micro-benchmark: engine.cluster.DBSCAN vs scikit-learn on cascade-sized detection sets.
+"""Micro-benchmark: engine.dbscan.DBSCAN vs scikit-learn on cascade-sized detection sets.
 
 Run: ``python -m bench.micro_dbscan [--sizes 500 1000 3000] [--repeats 20] [--json]``.
 ``run(sizes, repeats)`` returns one dict per size:
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cluster import BoxSet, ClusterParams, DBSCAN
+from engine.cluster import BoxSet, ClusterParams
+from engine.dbscan import DBSCAN
 
 # Typical centre-to-centre distances (mm) going down the spine, used only to place synthetic vertebrae.
 _SPACING_MM = [16.0] * 7 + [20.0] * 4 + [23.0] * 4 + [26.0] * 4 + [33.0] * 5 + [38.0]

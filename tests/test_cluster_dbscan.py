@@ -1,4 +1,4 @@
-"""engine.cluster: DBSCAN parity with scikit-learn, and the two-stage box clustering."""
+"""engine.dbscan: DBSCAN parity with scikit-learn; engine.cluster: the two-stage box clustering."""
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.cluster import DBSCAN as SkDBSCAN
 
-import engine.cluster as C
+import engine.dbscan as C
 from bench.micro_dbscan import bench_one, detections_of_size, synth_detections
-from engine.cluster import (DBSCAN, BoxSet, ClusterParams, cluster_boxes, connected_components_min_label,
-                            neighbour_pairs)
+from engine.cluster import BoxSet, ClusterParams, cluster_boxes
+from engine.dbscan import DBSCAN, connected_components_min_label, neighbour_pairs
 from engine.xp import get_xp, to_numpy
 
 
@@ -26,7 +26,7 @@ def sk(X, eps, ms):
 
 @contextlib.contextmanager
 def settings(**kw):
-    """Temporarily set engine.cluster's tuning constants (to force a path or tiny blocks)."""
+    """Temporarily set engine.dbscan's tuning constants (to force a path or tiny blocks)."""
     old = {k: getattr(C, k) for k in kw}
     try:
         for k, v in kw.items():
