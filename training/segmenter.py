@@ -35,12 +35,13 @@ def cache_rois(data_dir: Path, ids: list[str], work: Path, pp: dict, margin: int
             out += done
             continue
         case = data.load_case(data_dir, cid, float(pp["spacing_mm"]))
+        cut = data.border_touching(case.labels)
         for lab, c in case.centers.items():
             ct = crop_centered(case.iso, c, (size,) * 3, fill=AIR_HU)
             m = crop_centered(case.labels, c, (size,) * 3, fill=0) == lab
             p = work / f"{cid}__{lab:02d}.npz"
             np.savez_compressed(p, ct=np.clip(ct, -32768, 32767).astype(np.int16), mask=np.packbits(m),
-                                shape=np.asarray(m.shape), label=lab)
+                                shape=np.asarray(m.shape), label=lab, cut=lab in cut)
             out.append(p)
         (work / f"{cid}.done").touch()
     return out
@@ -50,6 +51,12 @@ def load_roi(p: Path) -> tuple[np.ndarray, np.ndarray]:
     z = np.load(p)
     shape = tuple(int(s) for s in z["shape"])
     return z["ct"].astype(np.float32), np.unpackbits(z["mask"])[: int(np.prod(shape))].reshape(shape).astype(bool)
+
+
+def roi_is_cut(p: Path) -> bool | None:
+    """Whether the cached vertebra is cut by the field of view (None: cached before the flag existed)."""
+    z = np.load(p)
+    return bool(z["cut"]) if "cut" in z.files else None
 
 
 def random_offset(rng: np.random.Generator, radius_vox: float, exact: bool = False) -> np.ndarray:
@@ -92,11 +99,12 @@ def evaluate(predict, files: list[Path], pp: dict, seed: int = 1234, offset_mm: 
     """Dice per vertebra on full ROIs centred at GT + a fixed-length random offset. ``predict(x) -> prob``."""
     rng = np.random.default_rng(seed)
     r = int(pp["roi"])
-    dices = []
+    dices, cut = [], []
     for i in range(0, len(files), batch):
         xs, ys = [], []
         for p in files[i:i + batch]:
             ct, m = load_roi(p)
+            cut.append(roi_is_cut(p))
             off = random_offset(rng, offset_mm / float(pp["spacing_mm"]), exact=True)
             c = np.asarray(ct.shape) // 2 + off
             xs.append(segmenter_input(ct, c, pp))
@@ -105,9 +113,18 @@ def evaluate(predict, files: list[Path], pp: dict, seed: int = 1234, offset_mm: 
         for pr, y in zip(prob, ys):
             dices.append(dice_np(pr[0] > float(pp.get("threshold", 0.5)), y))
     d = np.asarray(dices) if dices else np.zeros(1)
-    return {"dice_mean": float(d.mean()), "dice_median": float(np.median(d)), "dice_min": float(d.min()),
-            "frac_dice_ge_0.95": float((d >= 0.95).mean()), "n_val_rois": len(dices),
-            "val_offset_mm": offset_mm}
+    out = {"dice_mean": float(d.mean()), "dice_median": float(np.median(d)), "dice_min": float(d.min()),
+           "frac_dice_ge_0.95": float((d >= 0.95).mean()), "n_val_rois": len(dices),
+           "val_offset_mm": offset_mm}
+    if dices and all(c is not None for c in cut):
+        # A vertebra cut by the field of view is a partial target (a few slices of bone at the edge):
+        # its Dice says little about the model, so whole vertebrae are reported on their own as well.
+        whole = d[~np.asarray(cut, dtype=bool)]
+        out.update({"dice_mean_whole": float(whole.mean()) if whole.size else None,
+                    "dice_median_whole": float(np.median(whole)) if whole.size else None,
+                    "frac_dice_ge_0.95_whole": float((whole >= 0.95).mean()) if whole.size else None,
+                    "n_whole": int(whole.size)})
+    return out
 
 
 def train(args, log=print) -> dict:
