@@ -72,6 +72,17 @@ def load_ckpt(path: Path, model, opt=None, sched=None) -> dict:
     return ck
 
 
+def init_weights(model, path: str | Path | None, log=print) -> None:
+    """Start from a checkpoint's weights with a fresh optimiser and schedule (a second, longer schedule)."""
+    if not path:
+        return
+    if not Path(path).is_file():
+        raise SpinertError(f"--init weights not found: {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"] if "model" in ck else ck)
+    log(f"initialised from {path}")
+
+
 def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[], dict], schedule: Schedule,
         ckpt_dir: Path, resume: bool, key: str, higher_is_better: bool = True, log=print) -> dict:
     """Epoch loop: ``step_fn(global_step) -> loss``; validation + checkpoint (last and best) after each epoch.

@@ -9,9 +9,7 @@ otherwise it is left unlabelled (a weak edge section, neither a positive nor a r
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from pathlib import Path
 
