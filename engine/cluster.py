@@ -86,11 +86,20 @@ class VertebraCandidate:
 class ClusterParams:
     """Two-stage clustering parameters, tuned for ~1 mm isotropic volumes and every sagittal slice.
 
-    * ``eps_mm = 6``: a vertebra's boxes form a chain across its ~15-50 sagittal slices; neighbours
-      one slice (1 mm) apart move by 1-2 mm in-plane, so 6 mm links them even across 3-4 missed
+    * ``eps_mm = 7``: a vertebra's boxes form a chain across its ~15-50 sagittal slices; neighbours
+      one slice (1 mm) apart move by 1-2 mm in-plane, so 7 mm links them even across 3-4 missed
       slices (with 5 mm, runs of missed slices split a vertebra in ~10 % of synthetic spines), while
       adjacent vertebrae are >= ~15 mm (cervical) to 35 mm (lumbar) apart along the spine, so
       clusters only merge through a chain of stray boxes spanning a disc.
+    * ``ap_weight = 0.3``: the antero-posterior (j) coordinate counts half in stage 1. The trained
+      detector's box centre jumps by ~10 mm antero-posteriorly where the spinous process leaves the
+      slice (midline boxes include it, paramedian ones do not); at full weight that split most
+      cervical/thoracic vertebrae into a left, a midline and a right cluster, and the small ones then
+      fell under ``min_fraction``. Vertebrae are separated along k (the spine's axis), which keeps its
+      full weight, so boxes spanning a disc still do not bridge neighbours (a larger isotropic eps
+      would). Measured with the trained detector on 6 held-out phantoms (72 vertebrae): vertebrae
+      without a candidate within 12 mm 14 at (eps 6, weight 1), 5 at (7, 0.3); candidates 138 -> 67;
+      mean candidate-to-centroid distance 7.2 -> 3.3 mm.
     * ``min_samples = 5``: a point in a vertebra chain has ~10-12 boxes within 6 mm; an isolated false
       positive has none. If the detector runs only every s-th slice, keep min_samples <= 2*floor(eps/s)+1.
     * ``size_eps_mm = 5``, ``size_min_samples = 3``: box sizes change smoothly from slice to slice
@@ -100,11 +109,12 @@ class ClusterParams:
     * ``min_fraction = 0.2``: the paper's rule, clusters with < 0.2 x the largest count are dropped.
     """
 
-    eps_mm: float = 6.0
+    eps_mm: float = 7.0
     min_samples: int = 5
     size_eps_mm: float = 5.0
     size_min_samples: int = 3
     min_fraction: float = 0.2
+    ap_weight: float = 0.3
 
 
 def _stage2_keep(xp: ModuleType, lab1, sizes, size_eps: float, size_min: int):
@@ -170,7 +180,8 @@ def cluster_boxes(boxes: BoxSet, params: ClusterParams | None = None) -> list[Ve
     xp = get_xp(boxes.center_rc)
     centres = boxes.centers_mm()
     sizes = boxes.sizes_mm()
-    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(centres, xp=xp)
+    metric = centres * xp.asarray([1.0, float(p.ap_weight), 1.0]) if p.ap_weight != 1.0 else centres
+    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(metric, xp=xp)
     if not bool(xp.any(lab1 >= 0)):
         return []
     keep = _stage2_keep(xp, lab1, sizes, p.size_eps_mm, p.size_min_samples)
