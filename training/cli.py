@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--evaluate", metavar="DIR",
                    help="no training: acceptance figures of the shipped model in --out on this held-out folder")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="file evaluated by --evaluate")
+    p.add_argument("--json", metavar="PATH", help="--evaluate: also write the figures to this JSON file")
     p.set_defaults(func=run)
 
 
@@ -70,7 +71,15 @@ def run(args) -> int:
             raise SpinertError(f"evaluation folder not found: {args.evaluate}")
         from training.evaluate import evaluate
 
-        evaluate(args, log=lambda s: print(s, flush=True))
+        res = evaluate(args, log=lambda s: print(s, flush=True))
+        if args.json:
+            import json
+
+            dst = Path(args.json)
+            if dst.exists() and not args.overwrite:
+                raise OutputExistsError(f"{dst} exists (use --overwrite to replace it)")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(json.dumps({"model": args.model, **res}, indent=1) + "\n")
         return 0
     _check_out(args)
     if args.model == "placeholders":

@@ -57,6 +57,7 @@ def evaluate(args, log=print) -> dict:
                                                            single_cls=True, workers=0)
         res = {"mAP50": float(m.box.map50), "mAP50_95": float(m.box.map), "precision": float(m.box.mp),
                "recall": float(m.box.mr)}
-    res.update({"data": str(args.evaluate), "cases": len(ids), "precision_file": prec})
+    res.update({"data": str(args.evaluate), "cases": len(ids), "precision_file": prec,
+                "model_sha256": spec.sha256.get(prec)})
     log(f"{args.model} held-out evaluation: {res}")
     return res
