@@ -44,6 +44,8 @@ def register(subparsers) -> None:
                    help="no training: acceptance figures of the shipped model in --out on this held-out folder")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="file evaluated by --evaluate")
     p.add_argument("--json", metavar="PATH", help="--evaluate: also write the figures to this JSON file")
+    p.add_argument("--record", action="store_true",
+                   help="--evaluate: store the figures in the model's manifest entry and card (under the folder's name)")
     p.set_defaults(func=run)
 
 
@@ -80,6 +82,10 @@ def run(args) -> int:
                 raise OutputExistsError(f"{dst} exists (use --overwrite to replace it)")
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(json.dumps({"model": args.model, **res}, indent=1) + "\n")
+        if args.record:
+            from training.cards import record_heldout
+
+            print(f"recorded in {record_heldout(args.out, args.model, Path(args.evaluate).name, res)}")
         return 0
     _check_out(args)
     if args.model == "placeholders":

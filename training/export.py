@@ -142,6 +142,8 @@ def card_text(name: str, title: str, entry: dict[str, Any], body: str) -> str:
              f"- forward FLOPs per sample: {entry.get('flops', 0) / 1e9:.2f} G", "",
              "## Training", "", "```json", json.dumps(trained, indent=2), "```", "",
              "## Validation metrics", "", "```json", json.dumps(entry.get("metrics", {}), indent=2), "```", "",
+             *((["## Held-out evaluation (`spinert train <model> --evaluate DIR --record`)", "", "```json",
+                 json.dumps(entry["heldout"], indent=2), "```", ""]) if entry.get("heldout") else []),
              "## Export parity (max abs error vs PyTorch fp32, random input)", "", "```json",
              json.dumps(entry.get("parity", {}), indent=2), "```", ""]
     return "\n".join(lines)
