@@ -8,9 +8,13 @@ Threads and ownership (ZeroMQ sockets are not thread-safe):
 - zmq.auth's ThreadAuthenticator (CURVE only) answers ZAP requests in its own thread.
 
 Nothing ever waits on a subscriber: PUB drops for a peer whose queue holds SNDHWM messages and every send
-is NOBLOCK. Requests are checked for size, type and content; every malformed one gets a spinert.error/1
-reply. Frames larger than MAXMSGSIZE (twice the request limit) are cut off by libzmq itself, which drops
-that connection without a reply (a REQ client then times out and resets: lazy pirate).
+is NOBLOCK. PUB's idea of how full each peer's queue is comes from credit its I/O thread posts to the socket's
+mailbox, which zmq_send() reads at most once per ~1 ms; the loop refreshes it before every publish, so a
+subscriber that keeps up is never taken for a full one (see _send_pub).
+
+Requests are checked for size, type and content; every malformed one gets a spinert.error/1 reply. Frames
+larger than MAXMSGSIZE (twice the request limit) are cut off by libzmq itself, which drops that connection
+without a reply (a REQ client then times out and resets: lazy pirate).
 """
 from __future__ import annotations
 
@@ -237,6 +241,13 @@ class BridgeServer:
         codec.stamp(msg, next(self._seq))
         msg["pub_seq"] = next(self._pub_seq)  # contiguous on the stream: a gap means this subscriber lost messages
         try:
+            # Credit first. Each peer's I/O thread returns credit ("activate_write": this many messages left
+            # the queue) every ceil(hwm/2) messages through the PUB socket's mailbox, and zmq_send() reads that
+            # mailbox at most once per 3M TSC ticks (~1 ms). Publishing faster than that (big results in a row,
+            # bursts), PUB still counted messages a subscriber had long received and, with a small --hwm, dropped
+            # the next ones even for subscribers that were fully caught up. Reading ZMQ_EVENTS drains the mailbox
+            # unthrottled (microseconds, no waiting); the HWM then counts only what a peer really has not taken.
+            self._pub.getsockopt(zmq.EVENTS)
             self._pub.send(codec.pack(msg), zmq.NOBLOCK)
             self.stats["published"] += 1
         except zmq.Again:  # PUB drops by itself at HWM; this covers a mute socket just in case
