@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,9 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("SPINERT_CALIB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "spinert" / "calib"
+    from spinert.paths import user_cache_dir
+
+    return user_cache_dir("calib", "SPINERT_CALIB_CACHE")
 
 
 def ranges_key(model_sha256: str, method: str, set_key: str, settings: dict) -> str:

@@ -19,25 +19,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from scipy import ndimage
 
 from engine.errors import DatasetError, ModelError
 from engine.models import ModelSpec, sha256_file
-from engine.verse import SUFFIX, list_cases
+from engine.verse import SUFFIX, CanonicalCase, list_cases, load_canonical
 
 BUILDER_VERSION = 1  # bump when what a sample is changes (invalidates cached inputs)
 KINDS = ("detector", "segmenter", "labeller")
 
 
-@dataclass
-class CalibCase:
-    """One case in the canonical frame: CT (HU), label map and per-label centres ([k, j, i] voxels)."""
-
-    case_id: str
-    iso: np.ndarray
-    labels: np.ndarray
-    centers: dict[int, np.ndarray]
-    spacing: float
+CalibCase = CanonicalCase  # one case in the canonical frame (engine.verse)
 
 
 @dataclass
@@ -82,27 +73,7 @@ def set_fingerprint(data_fp: str, spec: ModelSpec, samples: int) -> str:
 
 def load_case(folder: str | Path, case_id: str, spacing: float) -> CalibCase:
     """Read a case with engine.io and bring CT and labels to the canonical frame (as training does)."""
-    from engine.errors import InputError
-    from engine.io import read_volume
-    from engine.preprocess import labels_to_canonical, to_canonical
-
-    root = Path(folder)
-    try:
-        ct = read_volume(root / f"{case_id}{SUFFIX['ct']}")
-        seg = read_volume(root / f"{case_id}{SUFFIX['msk']}")
-    except InputError as exc:
-        raise DatasetError(str(exc)) from None
-    if ct.size != seg.size:
-        raise DatasetError(f"{root}: case {case_id}: CT size {ct.size} != label map size {seg.size}")
-    canon = to_canonical(ct, spacing)
-    seg.array = seg.array.astype(np.uint8)
-    lab = labels_to_canonical(seg, canon)
-    ids = [int(v) for v in np.unique(lab) if v != 0]
-    centers: dict[int, np.ndarray] = {}
-    if ids:
-        com = ndimage.center_of_mass(np.ones_like(lab, dtype=np.uint8), lab, ids)
-        centers = {i: np.asarray(c, dtype=np.float64) for i, c in zip(ids, com)}
-    return CalibCase(case_id, canon.array, lab, centers, float(spacing))
+    return load_canonical(folder, case_id, spacing)
 
 
 def kind_of(spec: ModelSpec) -> str:

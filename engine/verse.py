@@ -264,3 +264,44 @@ def read_folder(folder: str | os.PathLike, require: tuple[str, ...] = ("ct", "ms
                 check: bool = True) -> list[VerseCase]:
     """Every case of a folder (lazy), validated as list_cases + read_case do."""
     return [read_case(folder, cid, require=require, check=check) for cid in list_cases(folder, require)]
+
+
+@dataclass
+class CanonicalCase:
+    """One case in the cascade's canonical frame (engine.preprocess: isotropic, LPI): CT in HU, label map
+    on the same grid, and per-label centres as [k, j, i] voxel indices (mean voxel index, as ctd files)."""
+
+    case_id: str
+    iso: np.ndarray
+    labels: np.ndarray
+    centers: dict[int, np.ndarray]
+    spacing: float
+
+
+def load_canonical(folder: str | os.PathLike, case_id: str, spacing: float = 1.0) -> CanonicalCase:
+    """Read ``<id>_ct`` and ``<id>_seg-vert_msk`` and bring both to the canonical frame (what the models see).
+
+    Centres are recomputed on the canonical grid rather than read from the ctd file, so they match the
+    label map exactly whatever the stored orientation. DatasetError for unreadable or mismatched files.
+    """
+    from scipy import ndimage
+
+    from engine.preprocess import labels_to_canonical, to_canonical
+
+    root = Path(folder)
+    try:
+        ct = read_volume(root / f"{case_id}{SUFFIX['ct']}")
+        seg = read_volume(root / f"{case_id}{SUFFIX['msk']}")
+    except InputError as exc:
+        raise DatasetError(str(exc)) from None
+    if ct.size != seg.size:
+        raise DatasetError(f"{root}: case {case_id}: CT size {ct.size} != label map size {seg.size}")
+    canon = to_canonical(ct, spacing)
+    seg.array = seg.array.astype(np.uint8)
+    lab = labels_to_canonical(seg, canon)
+    ids = [int(v) for v in np.unique(lab) if v != 0]
+    centers: dict[int, np.ndarray] = {}
+    if ids:
+        com = ndimage.center_of_mass(np.ones_like(lab, dtype=np.uint8), lab, ids)
+        centers = {i: np.asarray(c, dtype=np.float64) for i, c in zip(ids, com)}
+    return CanonicalCase(case_id, canon.array, lab, centers, float(spacing))

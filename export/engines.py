@@ -7,7 +7,6 @@ the path of a fresh engine, or a rebuild when asked, or a StaleEngineError namin
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +19,9 @@ from export.gpu import gpu_info
 
 def default_engine_dir() -> Path:
     """$SPINERT_ENGINES, else ~/.cache/spinert/engines (engines belong to a machine, not to the package)."""
-    env = os.environ.get("SPINERT_ENGINES")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "spinert" / "engines"
+    from spinert.paths import user_cache_dir
+
+    return user_cache_dir("engines", "SPINERT_ENGINES")
 
 
 @dataclass

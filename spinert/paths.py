@@ -14,3 +14,12 @@ def shared_dir() -> Path:
 def real_data_dir() -> Path:
     """The small real CTs with VerSe-style labels (absent outside the workplace: callers skip)."""
     return shared_dir() / "data" / "real"
+
+
+def user_cache_dir(name: str, env: str) -> Path:
+    """$<env> if set, else $XDG_CACHE_HOME (or ~/.cache)/spinert/<name>: engines and calibration caches
+    belong to a machine and a user, not to the package or a checkout."""
+    override = os.environ.get(env)
+    if override:
+        return Path(override).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spinert" / name

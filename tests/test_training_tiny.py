@@ -86,4 +86,4 @@ def test_bad_inputs_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "labeller", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"),
                  "--work", str(tmp_path / "w")]) == 2
-    assert "no '*_ct.nii.gz'" in capsys.readouterr().err
+    assert "no VerSe-style cases" in capsys.readouterr().err
