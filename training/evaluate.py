@@ -54,7 +54,7 @@ def evaluate(args, log=print) -> dict:
         yaml = detector.build_dataset(Path(args.evaluate), {"val": ids}, work / "eval_dataset", pp, step)
         m = YOLO(str(spec.path(prec)), task="detect").val(data=str(yaml), split="val", imgsz=int(pp["imgsz"]),
                                                            batch=1, device="cpu", plots=False, verbose=False,
-                                                           single_cls=True, workers=0)
+                                                           single_cls=True, workers=0, rect=False)
         res = {"mAP50": float(m.box.map50), "mAP50_95": float(m.box.map), "precision": float(m.box.mp),
                "recall": float(m.box.mr)}
     res.update({"data": str(args.evaluate), "cases": len(ids), "precision_file": prec,
