@@ -191,7 +191,6 @@ def test_fresh_engines_are_skipped_and_profiles_rebuild(built, tmp_path, capsys)
 @pytest.mark.parametrize("argv, needle", [
     (["--models", "/nonexistent/models"], "models folder not found"),
     (["--precision", "int4"], "unknown precision 'int4'"),
-    (["--precision", "int8"], "spinert calibrate"),
     (["--target", "cuda"], "unknown TensorRT target"),
     (["--model", "nope"], "unknown model(s) nope"),
     (["--profile", "labeller=4/2/1"], "MIN <= OPT <= MAX"),
@@ -203,6 +202,19 @@ def test_bad_inputs_one_line(built, tmp_path, capsys, argv, needle):
     rc = main(base + argv)
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_int8_without_a_calibrated_model_names_calibrate(tmp_path, capsys):
+    models = _copy_models(tmp_path / "models")
+    man = json.loads((models / "manifest.json").read_text())
+    for entry in man["models"].values():  # as shipped before `spinert calibrate` ran
+        for key in ("files", "sha256", "size_bytes"):
+            entry.get(key, {}).pop("int8", None)
+        entry.pop("calibration", None)
+    (models / "manifest.json").write_text(json.dumps(man))
+    rc = main(["export", "--target", "rtx", "--precision", "int8", "--models", str(models), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "spinert calibrate" in err and len(err.strip().splitlines()) == 1
 
 
 def test_no_tensorrt_installed_one_line(built, tmp_path, capsys, monkeypatch):
