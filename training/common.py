@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,6 @@ def pick_device(name: str | None) -> torch.device:
 
 def set_threads(device: torch.device, threads: int | None = None) -> None:
     """CPU threads for torch: SPINERT_TRAIN_THREADS (so two trainings can share a 2-core machine), else 2."""
-    import os
-
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("SPINERT_TRAIN_THREADS", 0)) or threads or 2)
 

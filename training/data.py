@@ -32,6 +32,17 @@ def split_ids(ids: list[str], val_frac: float = 0.15, min_val: int = 1) -> tuple
     return list(ids[:-n_val]), list(ids[-n_val:])
 
 
+def unpack_mask(z) -> np.ndarray:
+    """The bool mask of a cached crop (.npz written with ``mask=np.packbits(m), shape=m.shape``)."""
+    shape = tuple(int(v) for v in z["shape"])
+    return np.unpackbits(z["mask"])[: int(np.prod(shape))].reshape(shape).astype(bool)
+
+
+def cut_flag(z) -> bool | None:
+    """Whether a cached vertebra is cut by the field of view (None: cached before the flag existed)."""
+    return bool(z["cut"]) if "cut" in z.files else None
+
+
 def border_touching(labels: np.ndarray) -> set[int]:
     """Labels that touch the volume border (cut by the field of view)."""
     faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]

@@ -49,10 +49,10 @@ def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict) -> lis
 
 
 def load_vert(p: Path):
+    """(CT int16 - kept so in RAM, mask, label, centre in the crop, cut-by-the-FOV flag) of one cached vertebra."""
     z = np.load(p)
-    shape = tuple(int(s) for s in z["shape"])
-    m = np.unpackbits(z["mask"])[: int(np.prod(shape))].reshape(shape).astype(bool)
-    return z["ct"], m, int(z["label"]), np.asarray(z["center"], dtype=np.float64)  # CT kept int16 in RAM
+    return (z["ct"], data.unpack_mask(z), int(z["label"]), np.asarray(z["center"], dtype=np.float64),
+            data.cut_flag(z))
 
 
 class Samples:
@@ -60,15 +60,14 @@ class Samples:
 
     def __init__(self, files: list[Path], pp: dict):
         self.items = [load_vert(p) for p in tqdm(files, desc="load", leave=False)]
-        # cut by the field of view (None: cached before the flag existed)
-        self.cut = [bool(z["cut"]) if "cut" in z.files else None for z in map(np.load, files)]
+        self.cut = [it[4] for it in self.items]  # None: cached before the flag existed
         self.pp = pp
 
     def labels(self) -> list[int]:
         return [it[2] for it in self.items]
 
     def x(self, idx: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        ct, m, _, c = self.items[idx]
+        ct, m, _, c, _ = self.items[idx]
         ct = ct.astype(np.float32)
         if rng is not None:
             c = c + rng.uniform(-JITTER_MM, JITTER_MM, size=3) / float(self.pp["spacing_mm"])

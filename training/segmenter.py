@@ -47,16 +47,10 @@ def cache_rois(data_dir: Path, ids: list[str], work: Path, pp: dict, margin: int
     return out
 
 
-def load_roi(p: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_roi(p: Path) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    """CT (float32), mask and cut-by-the-FOV flag of one cached ROI."""
     z = np.load(p)
-    shape = tuple(int(s) for s in z["shape"])
-    return z["ct"].astype(np.float32), np.unpackbits(z["mask"])[: int(np.prod(shape))].reshape(shape).astype(bool)
-
-
-def roi_is_cut(p: Path) -> bool | None:
-    """Whether the cached vertebra is cut by the field of view (None: cached before the flag existed)."""
-    z = np.load(p)
-    return bool(z["cut"]) if "cut" in z.files else None
+    return z["ct"].astype(np.float32), data.unpack_mask(z), data.cut_flag(z)
 
 
 def random_offset(rng: np.random.Generator, radius_vox: float, exact: bool = False) -> np.ndarray:
@@ -103,8 +97,8 @@ def evaluate(predict, files: list[Path], pp: dict, seed: int = 1234, offset_mm: 
     for i in range(0, len(files), batch):
         xs, ys = [], []
         for p in files[i:i + batch]:
-            ct, m = load_roi(p)
-            cut.append(roi_is_cut(p))
+            ct, m, is_cut = load_roi(p)
+            cut.append(is_cut)
             off = random_offset(rng, offset_mm / float(pp["spacing_mm"]), exact=True)
             c = np.asarray(ct.shape) // 2 + off
             xs.append(segmenter_input(ct, c, pp))
@@ -166,7 +160,7 @@ def train(args, log=print) -> dict:
     def step(_i: int) -> float:
         xs, ys = [], []
         for p in rng.choice(tr_files, size=batch):
-            ct, m = load_roi(p)
+            ct, m, _ = load_roi(p)
             ct = ct * rng.uniform(0.95, 1.05) + rng.normal(0, 15)  # scanner calibration spread
             x, y = make_sample(ct, m, pp, random_offset(rng, max_off), patch, rng)
             xs.append(x)
@@ -187,7 +181,8 @@ def train(args, log=print) -> dict:
     model = model.cpu().eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp)
     log(f"segmenter final (best epoch, all val ROIs): {final}")
-    sched_info = {"init": str(getattr(args, "init", None) or "scratch"), "epochs": epochs, "steps_per_epoch": steps, "batch": batch, "patch": patch,
+    sched_info = {"init": str(getattr(args, "init", None) or "scratch"), "epochs": epochs,
+                  "steps_per_epoch": steps, "batch": batch, "patch": patch,
                   "optimizer": "Adam", "lr": args.lr or 1e-3, "lr_schedule": "cosine to 5%",
                   "train_offset_mm": MAX_OFFSET_MM, "loss": "BCE(pos_weight=1.5) + soft Dice"}
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
