@@ -87,3 +87,6 @@ def test_bad_inputs_one_line(tmp_path, capsys):
     assert main(["train", "labeller", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m"),
                  "--work", str(tmp_path / "w")]) == 2
     assert "no VerSe-style cases" in capsys.readouterr().err
+    assert main(["train", "segmenter", "--data", str(tmp_path / "empty"), "--init", str(tmp_path / "no.pt"),
+                 "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]) == 2
+    assert "--init weights not found" in capsys.readouterr().err

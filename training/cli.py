@@ -96,6 +96,9 @@ def run(args) -> int:
         return 0
     if not args.data:
         raise SpinertError("--data DIR is required")
+    from training.common import init_path
+
+    init_path(args)  # a missing --init file fails now, not after minutes of data caching
     if not Path(args.data).is_dir():
         raise SpinertError(f"data folder not found: {args.data}")
     if args.model == "detector":

@@ -71,12 +71,26 @@ def load_ckpt(path: Path, model, opt=None, sched=None) -> dict:
     return ck
 
 
-def init_weights(model, path: str | Path | None, log=print) -> None:
-    """Start from a checkpoint's weights with a fresh optimiser and schedule (a second, longer schedule)."""
+def init_path(args) -> Path | None:
+    """The --init weights a run starts from (None: from scratch); SpinertError if the file is missing."""
+    path = getattr(args, "init", None)
     if not path:
-        return
+        return None
     if not Path(path).is_file():
         raise SpinertError(f"--init weights not found: {path}")
+    return Path(path)
+
+
+def init_label(args) -> str:
+    """What the training record says a run started from."""
+    return str(getattr(args, "init", None) or "scratch")
+
+
+def init_weights(model, args, log=print) -> None:
+    """Start from --init's weights with a fresh optimiser and schedule (a second, longer schedule)."""
+    path = init_path(args)
+    if path is None:
+        return
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(ck["model"] if "model" in ck else ck)
     log(f"initialised from {path}")

@@ -149,9 +149,7 @@ def train(args, log=print) -> dict:
     else:
         if args.resume:
             log(f"--resume: no checkpoint at {last}, starting fresh")
-        init = getattr(args, "init", None)
-        if init and not Path(init).is_file():
-            raise common.SpinertError(f"--init weights not found: {init}")
+        init = common.init_path(args)
         model = YOLO(str(init) if init else str(one_class_yaml(arch, work)))
         if init:
             train_kw.update(pretrained=True, warmup_epochs=0)
@@ -164,7 +162,8 @@ def train(args, log=print) -> dict:
                "recall": float(m.box.mr), "n_val_slices": n_img["val"]}
     log(f"detector final (best epoch, val slices): {metrics}")
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
-               "schedule": {"arch": arch, "init": str(getattr(args, "init", None) or "scratch"), "epochs": epochs, "batch": batch, "imgsz": pp["imgsz"],
+               "schedule": {"arch": arch, "init": common.init_label(args), "epochs": epochs, "batch": batch,
+                            "imgsz": pp["imgsz"],
                             "slice_step_mm": step, "optimizer": "ultralytics auto", "cos_lr": True,
                             "augment": "mosaic, scale, translate; no flips/hsv", "box_rule":
                             f"area >= {MIN_AREA_FRAC} x max sagittal area and sides >= {MIN_SIDE_MM} mm"},

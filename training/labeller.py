@@ -129,7 +129,7 @@ def train(args, log=print) -> dict:
     cfg = LabellerConfig(in_channels=len(pp["channels"]), num_classes=len(classes), widths=widths,
                          input_shape=list(pp["shape"]), layers=1 if args.tiny else 2)
     model = ResNetTransformer3D(cfg)
-    common.init_weights(model, getattr(args, "init", None), log)
+    common.init_weights(model, args, log)
     model = model.to(device)
     lr = args.lr or 3e-4
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -159,7 +159,7 @@ def train(args, log=print) -> dict:
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va, classes)
     log(f"labeller final (best epoch): {final}")
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
-               "schedule": {"init": str(getattr(args, "init", None) or "scratch"), "epochs": epochs,
+               "schedule": {"init": common.init_label(args), "epochs": epochs,
                             "steps_per_epoch": steps, "batch": batch, "optimizer": "AdamW",
                             "lr": lr, "lr_schedule": "cosine to 5%", "jitter_mm": JITTER_MM,
                             "loss": "cross-entropy (label smoothing 0.05), class-balanced sampling"},

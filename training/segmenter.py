@@ -150,7 +150,7 @@ def train(args, log=print) -> dict:
         f"{epochs}x{steps} steps on {device}")
 
     model = AttentionUNet3D(UNetConfig(widths=widths))
-    common.init_weights(model, getattr(args, "init", None), log)
+    common.init_weights(model, args, log)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr or 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=(args.lr or 1e-3) * 0.05)
@@ -181,7 +181,7 @@ def train(args, log=print) -> dict:
     model = model.cpu().eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp)
     log(f"segmenter final (best epoch, all val ROIs): {final}")
-    sched_info = {"init": str(getattr(args, "init", None) or "scratch"), "epochs": epochs,
+    sched_info = {"init": common.init_label(args), "epochs": epochs,
                   "steps_per_epoch": steps, "batch": batch, "patch": patch,
                   "optimizer": "Adam", "lr": args.lr or 1e-3, "lr_schedule": "cosine to 5%",
                   "train_offset_mm": MAX_OFFSET_MM, "loss": "BCE(pos_weight=1.5) + soft Dice"}
