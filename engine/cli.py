@@ -27,6 +27,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="largest voxel spacing accepted (default 3 mm; thicker slices are refused)")
     p.add_argument("--rebuild", action="store_true",
                    help="TensorRT backends: rebuild a missing or stale engine instead of refusing it")
+    p.add_argument("--no-recover", action="store_true",
+                   help="do not segment the levels the label sequence says were missed (seed 000 as published)")
 
 
 def register(sub) -> None:
@@ -54,7 +56,8 @@ def _cascade(args):
     from engine.pipeline import Cascade
 
     kw = {"all_slices": args.all_slices or None, "stride": args.stride, "threads": args.threads,
-          "max_spacing_mm": args.max_spacing, "rebuild": args.rebuild}
+          "max_spacing_mm": args.max_spacing, "rebuild": args.rebuild,
+          "recover": False if getattr(args, "no_recover", False) else None}
     if args.stride < 1:
         raise InputError(f"--stride must be >= 1, got {args.stride}")
     if args.max_batch is not None:

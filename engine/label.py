@@ -68,15 +68,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def classify(session, owner, iso, centers_kji, boxes, pp: dict, spacing: float, max_batch: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Labeller probabilities (M, K) on the host, built and run in batches."""
+             progress: Callable[[int, int], None] | None = None, first: int = 0) -> np.ndarray:
+    """Labeller probabilities (M, K) on the host, built and run in batches, of vertebrae first+1 ..
+    first+M of ``owner`` (``centers_kji``/``boxes`` are those vertebrae's)."""
     xp = get_xp(iso)
     m = len(centers_kji)
     in_name, out_name = session.input_names[0], session.output_names[0]
     mb = int(max_batch or session.max_batch or 16)
     probs = []
     for s0 in range(0, m, mb):
-        x = labeller_inputs(owner, iso, centers_kji[s0:s0 + mb], boxes[s0:s0 + mb], pp, spacing, first=s0)
+        x = labeller_inputs(owner, iso, centers_kji[s0:s0 + mb], boxes[s0:s0 + mb], pp, spacing, first=first + s0)
         logits = to_numpy(session.run({in_name: x}, max_batch=mb)[out_name]).astype(np.float64)
         probs.append(softmax(logits))
         if progress:
@@ -97,7 +98,7 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray) -> tuple[
     centers_lps = np.asarray(centers_lps, dtype=np.float64).reshape(-1, 3)
     n = probs.shape[0]
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0), {"warnings": []}
+        return np.zeros(0, np.int64), np.zeros(0), {"warnings": [], "missed": []}
     order = np.argsort(-centers_lps[:, 2], kind="stable")  # highest first
     seq = decode_sequence(probs[order], [int(c) for c in classes], centers_lps[order])
     labels = np.empty(n, dtype=np.int64)
@@ -105,10 +106,12 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray) -> tuple[
     labels[order] = seq.labels
     conf[order] = seq.confidence
     warnings = []
+    # Missed levels as (vertebra above, vertebra below, levels) in the caller's order.
+    missed = [(int(order[t]), int(order[t + 1]), [int(x) for x in levels]) for t, levels in seq.missed]
     if not seq.consistent:
         warnings.append("labels could not be made anatomically consistent (more vertebrae than levels)")
     for t, levels in seq.missed:
         a, b = L.name(seq.labels[t]), L.name(seq.labels[t + 1])
         warnings.append(f"vertebra(e) {', '.join(L.name(x) for x in levels)} between {a} and {b} "
                         f"appear missing (not detected)")
-    return labels, conf, {"warnings": warnings, "scale": seq.scale, "log_score": seq.log_score}
+    return labels, conf, {"warnings": warnings, "scale": seq.scale, "log_score": seq.log_score, "missed": missed}

@@ -21,9 +21,10 @@ from engine import labels as L
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
+from engine.chain import ChainParams, end_centres, missed_centres, off_chain
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
 from engine.preprocess import Canonical, canonical_to_input, check_volume, to_canonical
-from engine.segment import SegmentParams, segment
+from engine.segment import SegmentParams, extend, segment
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
@@ -41,6 +42,7 @@ class CascadeConfig:
     detect: DetectParams = field(default_factory=DetectParams)
     cluster: ClusterParams = field(default_factory=ClusterParams)
     segment: SegmentParams = field(default_factory=SegmentParams)
+    chain: ChainParams = field(default_factory=ChainParams)  # stray candidates, recovery of missed levels
     max_batch: dict[str, int] = field(default_factory=lambda: {"detector": 16, "segmenter": 2, "labeller": 16})
     threads: int | None = None  # CPU intra-op threads (None: the runtime's default)
     verify_models: bool = True  # sha256 of each model file against the manifest
@@ -56,7 +58,7 @@ class CascadeConfig:
     def with_overrides(self, **kw: Any) -> "CascadeConfig":
         """A copy with ``kw`` applied; keys are CascadeConfig fields or stage-parameter fields (None: unchanged)."""
         top: dict[str, Any] = {}
-        sub = {"detect": {}, "cluster": {}, "segment": {}}
+        sub = {"detect": {}, "cluster": {}, "segment": {}, "chain": {}}
         own = {f.name for f in fields(self)}
         for k, v in kw.items():
             if v is None:
@@ -252,13 +254,16 @@ class Cascade:
         result.info["boxes"] = len(boxes)
         with clock.stage("cluster"):
             cands = cluster_boxes(boxes, self._cluster_params(band))
+            mm = np.stack([c.center_mm for c in cands]) if cands else np.zeros((0, 3))
+            stray = off_chain(mm, cfg.chain)
         if not cands:
             why = "no bone found" if band.slices.size == 0 else (
                 "the detector found no vertebra" if len(boxes) == 0 else "detections did not form vertebra clusters")
             warnings.append(f"no spine found ({why})")
             return self._finish(result, clock)
-        centers = np.stack([c.center_mm for c in cands]) / sp  # canonical (k, j, i) indices
+        centers = mm[~stray] / sp  # canonical (k, j, i) indices
         result.info["candidates"] = len(cands)
+        result.info["off_chain"] = int(stray.sum())
 
         with clock.stage("segment"):
             seg = segment(self.sessions["segmenter"], iso, centers, self.specs["segmenter"].preprocess, sp,
@@ -271,16 +276,50 @@ class Cascade:
             return self._finish(result, clock)
 
         with clock.stage("label"):
-            from engine.label import classify
-
-            probs = classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji, seg.boxes,
-                             self.specs["labeller"].preprocess, sp, max_batch=cfg.max_batch.get("labeller"))
+            probs = self._classify(seg, iso)
             labs, conf, info = self._decode(probs, canon.index_to_lps(seg.centers_kji))
+        if cfg.chain.recover:
+            found = self._recover(seg, iso, canon, probs, labs, info, clock)
+            if found is not None:
+                seg, probs, labs, conf, info = found
+        result.info["recovered"] = len(seg.recovered)
         with clock.stage("postprocess"):
             result.vertebrae = self._vertebrae(vol, canon, seg, labs, conf, probs, warnings)
             if info.get("warnings"):
                 warnings.extend(info["warnings"])
         return self._finish(result, clock)
+
+    def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
+        from engine.label import classify
+
+        return classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji[first:], seg.boxes[first:],
+                        self.specs["labeller"].preprocess, self.spacing, max_batch=self.config.max_batch.get("labeller"),
+                        first=first)
+
+    def _recover(self, seg, iso, canon: Canonical, probs, labs, info, clock: _Clock):
+        """Segment the levels the decoder says were missed and the vertebrae cut at the chain's ends;
+        label and decode again if any is found (engine.chain). None when nothing new was found."""
+        cfg = self.config
+        props = [missed_centres(seg.centers_kji, info["missed"])]
+        if cfg.chain.ends:
+            props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0])))
+        props = np.concatenate(props)
+        if not len(props):
+            return None
+        # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
+        params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
+        with clock.stage("segment"):
+            more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
+                          self.spacing, params, max_batch=cfg.max_batch.get("segmenter"))
+        m0 = len(seg.voxels)
+        if not more.recovered:
+            return None
+        with clock.stage("label"):
+            probs = np.concatenate([probs, self._classify(more, iso, first=m0)])
+            labs, conf, info2 = self._decode(probs, canon.index_to_lps(more.centers_kji))
+        info2["warnings"] = [f"{len(more.recovered)} vertebra(e) missed by the detector found by the chain logic "
+                             f"(a gap in the label sequence, or cut by the field of view at an end)"] + info2["warnings"]
+        return more, probs, labs, conf, info2
 
     def _cluster_params(self, band) -> ClusterParams:
         p = self.config.cluster

@@ -37,16 +37,17 @@ class Segmentation:
     source: np.ndarray  # (M,) index of the candidate centre each mask came from
     dropped: list[int] = field(default_factory=list)  # candidate indices whose mask was empty/too small
     merged: list[int] = field(default_factory=list)  # candidate indices merged into an earlier vertebra
+    recovered: list[int] = field(default_factory=list)  # vertebrae added by ``extend`` (missed by detection)
 
 
 def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | None = None,
-           dup_overlap: float = 0.0) -> int:
+           dup_overlap: float = 0.0, new_only: bool = False) -> int:
     """Paste one ROI's probabilities: voxels above ``thr`` and above the best so far take ``label``.
 
     With ``dup_overlap`` > 0, a mask that overlaps an already pasted vertebra by more than that fraction
     of the smaller of the two is the same vertebra seen from a second (duplicate) centre: it is merged
-    into that vertebra's label instead. ``sizes`` (label -> mask voxels) is kept up to date. Returns the
-    label used (0 if nothing was pasted).
+    into that vertebra's label instead, or, with ``new_only``, not pasted at all (returns -1). ``sizes``
+    (label -> mask voxels) is kept up to date. Returns the label used (0 if nothing was pasted).
     """
     r = np.asarray(prob.shape)
     lo = np.maximum(start, 0)
@@ -66,6 +67,8 @@ def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | N
         hits[0] = 0
         j = int(np.argmax(hits))
         if hits[j] > dup_overlap * min(n_new, sizes.get(j, n_new)):
+            if new_only:
+                return -1
             label = j
     if sizes is not None:
         sizes[label] = sizes.get(label, 0) + n_new
@@ -128,8 +131,6 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
     """Segment the vertebra at each centre (canonical array indices) and fuse the masks into one volume."""
     p = params or SegmentParams()
     xp = get_xp(iso)
-    thr = float(p.threshold if p.threshold is not None else preprocess.get("threshold", 0.5))
-    r = int(preprocess["roi"])
     centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
     n = centers.shape[0]
     dtype = xp.uint8 if n < 255 else xp.uint16
@@ -137,33 +138,82 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
     if n == 0:
         return Segmentation(owner, np.zeros((0, 3)), np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
     best = xp.zeros(iso.shape, dtype=xp.float32)
+    merged = _paste_rois(session, iso, owner, best, centers, 0, {}, preprocess, p, max_batch, False, progress)
+    del best
+    return _finish(owner, n, np.arange(n), merged, [], p, spacing, xp)
+
+
+def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
+           params: SegmentParams | None = None, max_batch: int | None = None) -> Segmentation:
+    """Segment more centres (e.g. where a vertebra was missed) into a finished Segmentation.
+
+    Each new mask takes only unclaimed voxels, and is kept only as a NEW vertebra: one that overlaps a
+    found vertebra by more than ``duplicate_overlap`` (it landed on that vertebra) is discarded. Found
+    vertebrae keep their numbers, masks and centres; kept ones are numbered after them and listed in
+    ``recovered`` (vertebra indices); ``source`` gives them -(1 + index into ``centers_kji``).
+    """
+    p = params or SegmentParams()
+    xp = get_xp(iso)
+    centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
+    m0, e = len(seg.voxels), centers.shape[0]
+    if e == 0:
+        return seg
+    owner = seg.owner
+    if m0 + e >= np.iinfo(owner.dtype).max:
+        owner = owner.astype(xp.uint16)
+    else:
+        owner = owner.copy()
+    # Found voxels hold probability 1: a new ROI can never take them over.
+    best = (owner > 0).astype(xp.float32)
+    sizes = {j + 1: int(v) for j, v in enumerate(seg.voxels)}
+    refused = _paste_rois(session, iso, owner, best, centers, m0, sizes, preprocess, p, max_batch, True, None)
+    del best
+    source = np.concatenate([seg.source, -1 - np.arange(e)])
+    out = _finish(owner, m0 + e, source, seg.merged, refused, p, spacing, xp)
+    out.dropped = list(seg.dropped)
+    out.recovered = [int(i) for i in np.nonzero(out.source < 0)[0]]
+    return out
+
+
+def _paste_rois(session, iso, owner, best, centers, first: int, sizes: dict, preprocess, p: SegmentParams,
+                max_batch, new_only: bool, progress) -> list[int]:
+    """Segment ``centers`` in batches as labels first+1..; indices (first + i) that did not get their own."""
+    xp = get_xp(iso)
+    thr = float(p.threshold if p.threshold is not None else preprocess.get("threshold", 0.5))
+    r = int(preprocess["roi"])
     in_name, out_name = session.input_names[0], session.output_names[0]
     mb = int(max_batch or session.max_batch or 2)
-    sizes: dict[int, int] = {}
-    merged = []
+    n = len(centers)
+    joined = []
     for s0 in range(0, n, mb):
         idx = range(s0, min(n, s0 + mb))
         x = xp.stack([segmenter_input(iso, centers[i], preprocess, xp=xp) for i in idx])
         prob = xp.asarray(session.run({in_name: x}, max_batch=mb)[out_name])
         for b, i in enumerate(idx):
-            used = _paste(owner, best, prob[b, 0], roi_start(centers[i], (r, r, r)), i + 1, thr, xp, sizes,
-                          p.duplicate_overlap)
-            if used and used != i + 1:
-                merged.append(i)
+            label = first + i + 1
+            used = _paste(owner, best, prob[b, 0], roi_start(centers[i], (r, r, r)), label, thr, xp, sizes,
+                          p.duplicate_overlap, new_only)
+            if used and used != label:
+                joined.append(first + i)
         if progress:
             progress(idx[-1] + 1, n)
-    del best
-    boxes = _find_boxes(owner, n)
+    return joined
+
+
+def _finish(owner, m: int, source: np.ndarray, merged: list[int], refused: list[int], p: SegmentParams,
+            spacing: float, xp) -> Segmentation:
+    """Largest components, size filter and renumbering of labels 1..m into a Segmentation."""
+    boxes = _find_boxes(owner, m)
     if p.largest_component:
         _keep_largest(owner, boxes, xp)
-    cnt, ctr = _stats(owner, n, xp)
-    min_vox = p.min_volume_mm3 / spacing ** 3
-    ok = cnt >= max(1.0, min_vox)
-    dropped = [int(i) for i in np.nonzero(~ok)[0] if int(i) not in merged]
+    cnt, ctr = _stats(owner, m, xp)
+    ok = cnt >= max(1.0, p.min_volume_mm3 / spacing ** 3)
+    gone = set(merged) | set(refused)
+    dropped = [int(i) for i in np.nonzero(~ok)[0] if int(i) not in gone]
     if not ok.all():
         # Renumber the survivors 1..M in order; dropped labels become background.
-        lut = np.zeros(n + 1, dtype=np.int64)
+        lut = np.zeros(m + 1, dtype=np.int64)
         lut[1:][ok] = np.arange(1, int(ok.sum()) + 1)
-        owner = xp.asarray(lut.astype(dtype))[owner]
+        owner = xp.asarray(lut.astype(owner.dtype))[owner]
     boxes = _find_boxes(owner, int(ok.sum()))
-    return Segmentation(owner, ctr[ok], cnt[ok], boxes, np.nonzero(ok)[0], dropped, merged)
+    return Segmentation(owner, ctr[ok], cnt[ok], boxes, np.asarray(source)[ok], dropped, list(merged))

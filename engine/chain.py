@@ -1,0 +1,101 @@
+"""The spine as a chain of vertebra centres: candidates off the chain, and where missed ones should be.
+
+Two facts of anatomy the per-vertebra models do not know:
+
+* neighbouring vertebrae lie on a smooth curve: a candidate far in front of or beside its neighbours
+  (sternum, a calcified aorta, a rib head, contrast in the bowel) is not a vertebra, however vertebra-like
+  its boxes. The sacrum's centroid sits about 30 mm behind L5's, scoliosis moves the apex about 10 mm
+  per level: ``off_chain_mm`` is set above both.
+* seed 000's positional logic names a missed level ("T5 between T4 and T6"); the robot needs its centre
+  and mask. The decoder has already weighed the labels and the gap against the expected spacing, so its
+  verdict, not a raw gap ratio, decides where to look: the missed centres are interpolated along the
+  chord between the two found neighbours (the sagitta of a 50 mm kyphotic chord is under 2 mm, well
+  inside the segmenter's training offset), then segmented and kept only if the mask is a new vertebra.
+* the chain's two ends: a vertebra cut by the field of view leaves a few slices of bone that give the
+  detector too few boxes, yet it is a vertebra of the scan (VerSe labels it, the robot may drill next to
+  it). One step beyond each end (unless that end is C1, the sacrum or the coccyx), the part of the next
+  vertebra inside the field of view is segmented the same way, with a smaller minimum volume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ChainParams:
+    """``recover``: segment missed levels the decoder names. ``off_chain_mm``: a candidate this far (mm,
+    across the spine's axis) from the median of the candidates within ``window_mm`` along it is dropped
+    (0 disables)."""
+
+    recover: bool = True
+    off_chain_mm: float = 35.0
+    window_mm: float = 60.0
+    ends: bool = True  # also look one step beyond each end of the chain
+    min_partial_mm3: float = 150.0  # smallest recovered mask (a vertebra cut by the field of view)
+
+    def __post_init__(self) -> None:
+        if self.off_chain_mm < 0 or self.window_mm <= 0:
+            raise ValueError("off_chain_mm must be >= 0 and window_mm > 0")
+        if self.min_partial_mm3 <= 0:
+            raise ValueError("min_partial_mm3 must be > 0")
+
+
+def off_chain(centers_mm: np.ndarray, params: ChainParams | None = None) -> np.ndarray:
+    """(N,) bool: candidates too far from the spine's local axis. ``centers_mm`` (N, 3) canonical
+    (k, j, i) in mm, k along the spine. The axis near a candidate is the median (j, i) of every candidate
+    within ``window_mm`` along k, itself included: robust while fewer than half of them are strays."""
+    p = params or ChainParams()
+    c = np.asarray(centers_mm, dtype=np.float64).reshape(-1, 3)
+    if p.off_chain_mm <= 0 or c.shape[0] < 3:
+        return np.zeros(c.shape[0], dtype=bool)
+    near = np.abs(c[:, None, 0] - c[None, :, 0]) <= p.window_mm  # (N, N), small N
+    ji = np.where(near[:, :, None], c[None, :, 1:], np.nan)
+    axis = np.nanmedian(ji, axis=1)
+    return np.linalg.norm(c[:, 1:] - axis, axis=1) > p.off_chain_mm
+
+
+def missed_centres(centers: np.ndarray, missed: list[tuple[int, int, list[int]]]) -> np.ndarray:
+    """(M, 3) centres of the missed levels: ``missed`` holds (above, below, levels) with indices into
+    ``centers``; the k levels between two found vertebrae are spaced evenly along their chord."""
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
+    out = [c[a] + (c[b] - c[a]) * (j / (len(levels) + 1))
+           for a, b, levels in missed for j in range(1, len(levels) + 1)]
+    return np.asarray(out, dtype=np.float64).reshape(-1, 3)
+
+
+# Nothing lies above C1 or below the sacrum/coccyx that the cascade should label.
+_NO_ABOVE = (1,)
+_NO_BELOW = (26, 27)
+
+
+def end_centres(centers: np.ndarray, labels, extent: int, height_frac: float = 0.8) -> np.ndarray:
+    """(M <= 2, 3) where the next vertebra beyond each end of the chain would show in the field of view.
+
+    ``centers`` (N, 3) canonical (k, j, i) with k along the spine in [0, extent); ``labels`` their
+    decoded VerSe IDs. The next vertebra is one step (the end pair's distance) beyond the end, about
+    ``height_frac`` of a step tall; the centre proposed is that of its part inside [0, extent): its own
+    centre when it is wholly inside, the middle of the slab in view when the field of view cuts it, and
+    none when no slice of it is in view.
+    """
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
+    labels = np.asarray(labels).reshape(-1)
+    if c.shape[0] < 2:
+        return np.zeros((0, 3))
+    o = np.argsort(c[:, 0], kind="stable")
+    out = []
+    for end, prev, bad in ((o[0], o[1], _NO_ABOVE), (o[-1], o[-2], _NO_BELOW)):
+        if int(labels[end]) in bad:
+            continue
+        step = c[end] - c[prev]
+        if abs(step[0]) < 1.0:
+            continue
+        half = 0.5 * height_frac * abs(step[0])
+        ek = c[end, 0] + step[0]
+        lo, hi = max(ek - half, 0.0), min(ek + half, extent - 1.0)
+        if hi - lo < 1.0:
+            continue
+        k = 0.5 * (lo + hi)
+        out.append(c[end] + step * ((k - c[end, 0]) / step[0]))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 3)

@@ -1,0 +1,138 @@
+"""The chain of centres: stray candidates, missed levels from the decoder, and the segment pass that
+finds them (real ONNX Runtime sessions of the synthetic models)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pipeline_synth as ps
+from engine.chain import ChainParams, end_centres, missed_centres, off_chain
+from engine.label import decode_labels
+from engine.labels import IDS
+from engine.pipeline import Cascade
+from engine.preprocess import to_canonical
+from engine.segment import _paste, extend, segment
+
+
+def _chain(steps_mm, bow_j: float = 0.0, bow_i: float = 0.0) -> np.ndarray:
+    """Centres (k, j, i) mm down a spine with these successive distances along k, bowed in j and i."""
+    k = np.concatenate([[0.0], np.cumsum(steps_mm)])
+    t = k / k[-1]
+    b = 4 * t * (1 - t)
+    return np.stack([k, 40 + bow_j * b, 60 + bow_i * b], axis=1)
+
+
+# C3 to L5: distances grow from 16 to 34 mm; a kyphosis of 25 mm and a scoliosis of 30 mm at the apex.
+FULL = _chain(np.linspace(16, 34, 21), bow_j=25, bow_i=30)
+
+
+def test_the_spine_itself_is_on_the_chain():
+    assert not off_chain(FULL).any()
+    # The sacrum's centroid about 30 mm behind L5's: still the spine.
+    sacrum = FULL[-1] + [45.0, 30.0, 0.0]
+    assert not off_chain(np.concatenate([FULL, [sacrum]])).any()
+
+
+@pytest.mark.parametrize("where", [3, 10, 18])
+def test_a_candidate_in_front_of_the_spine_is_a_stray(where):
+    sternum = FULL[where] + [5.0, -60.0, 0.0]
+    rib = FULL[where] + [-3.0, 10.0, 55.0]
+    flags = off_chain(np.concatenate([FULL, [sternum, rib]]))
+    assert flags.tolist() == [False] * len(FULL) + [True, True]
+
+
+def test_off_chain_short_lists_and_switch():
+    assert not off_chain(FULL[:2] + [0, 80, 0]).any()  # fewer than three: no axis to compare with
+    stray = np.concatenate([FULL, [FULL[5] + [0, -60, 0]]])
+    assert not off_chain(stray, ChainParams(off_chain_mm=0)).any()
+    assert off_chain(stray, ChainParams(off_chain_mm=70)).sum() == 0
+    with pytest.raises(ValueError):
+        ChainParams(window_mm=0)
+
+
+def test_missed_centres_are_spaced_along_the_chord():
+    c = np.array([[0.0, 0, 0], [30.0, 0, 0], [120.0, 30, 0]])
+    out = missed_centres(c, [(0, 1, [9]), (1, 2, [12, 13])])
+    np.testing.assert_allclose(out, [[15, 0, 0], [60, 10, 0], [90, 20, 0]])
+    assert missed_centres(c, []).shape == (0, 3)
+
+
+def test_decoder_reports_missed_levels_in_the_callers_order():
+    # T10..L3 with L1 missing: the decoder is given the centres bottom-first (any order is allowed).
+    labs = [IDS[n] for n in ("T10", "T11", "T12", "L2", "L3")]
+    z = np.array([0.0, 24, 49, 109, 141])  # mm down the spine; T12 -> L2 is twice a lumbar step
+    lps = np.stack([np.zeros(5), np.zeros(5), -z], 1)[::-1]
+    classes = list(range(1, 29))
+    probs = np.full((5, 28), 0.1 / 27)
+    for row, lab in enumerate(labs[::-1]):
+        probs[row, lab - 1] = 0.9
+    got, _, info = decode_labels(probs, classes, lps)
+    assert got.tolist() == labs[::-1]
+    # Rows in the caller's order: T12 is row 2, L2 is row 1.
+    assert info["missed"] == [(2, 1, [IDS["L1"]])]
+
+
+def test_new_only_paste_refuses_a_found_vertebra():
+    owner = np.zeros((20, 20, 20), np.uint8)
+    best = np.zeros((20, 20, 20), np.float32)
+    sizes: dict = {}
+    blob = np.zeros((10, 10, 10), np.float32)
+    blob[2:8, 2:8, 2:8] = 0.9
+    assert _paste(owner, best, blob, np.array([0, 0, 0]), 1, 0.5, np, sizes, 0.5) == 1
+    before = owner.copy()
+    assert _paste(owner, best, blob, np.array([1, 0, 0]), 2, 0.5, np, sizes, 0.5, new_only=True) == -1
+    np.testing.assert_array_equal(owner, before)
+    assert _paste(owner, best, blob, np.array([10, 10, 10]), 2, 0.5, np, sizes, 0.5, new_only=True) == 2
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    models = ps.make_models(tmp_path_factory.mktemp("models"))
+    with Cascade(backend="onnxruntime", models_dir=str(models)) as c:
+        yield c
+
+
+def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
+    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
+    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
+    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
+    assert len(full.voxels) == 5
+    order = np.argsort(full.centers_kji[:, 0])
+    four = segment(sess, canon.array, np.delete(full.centers_kji[order], 2, axis=0), pp, 1.0)
+    assert len(four.voxels) == 4
+    owner_before = four.owner.copy()
+    # Where the decoder would look: halfway between the found neighbours of the withheld block.
+    o4 = np.argsort(four.centers_kji[:, 0])
+    guess = missed_centres(four.centers_kji, [(int(o4[1]), int(o4[2]), [0])])
+    more = extend(four, sess, canon.array, guess, pp, 1.0)
+    assert more.recovered == [4] and len(more.voxels) == 5 and int(more.source[4]) == -1
+    np.testing.assert_allclose(more.centers_kji[4], full.centers_kji[order[2]], atol=1.0)
+    np.testing.assert_array_equal(more.centers_kji[:4], four.centers_kji)  # found ones untouched
+    assert np.array_equal(more.owner[owner_before > 0], owner_before[owner_before > 0])
+    np.testing.assert_array_equal(four.owner, owner_before)  # the input Segmentation is not modified
+    # A guess on a found block is refused: nothing new, nothing changed.
+    same = extend(four, sess, canon.array, four.centers_kji[:1] + 2.0, pp, 1.0)
+    assert same.recovered == [] and len(same.voxels) == 4
+    np.testing.assert_array_equal(same.owner, owner_before)
+
+
+def _block_centres(canon) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(canon.array > 250)
+    return np.asarray(ndi.center_of_mass(np.ones_like(lab), lab, range(1, n + 1)))
+
+
+def test_end_centres_follow_the_chain_into_the_field_of_view():
+    c = np.array([[60.0, 50, 60], [90.0, 56, 60], [120.0, 62, 60]])  # k along the spine, 30 mm steps
+    labs = [IDS["T10"], IDS["T11"], IDS["T12"]]
+    # Room above and below: the next vertebrae are wholly in view, one step beyond each end.
+    np.testing.assert_allclose(end_centres(c, labs, extent=300), [[30.0, 44, 60], [150.0, 68, 60]])
+    # Cut by the field of view: the centre of the slab in view (150 +- 12 clipped to [138, 159]).
+    out = end_centres(c, labs, extent=160)
+    np.testing.assert_allclose(out[1], [148.5, 62 + 6 * 28.5 / 30, 60])
+    # Nothing of it in view beyond the end; never above C1 nor below the sacrum.
+    assert end_centres(c, labs, extent=131)[:, 0].tolist() == [30.0]
+    assert end_centres(c, [IDS["C1"], IDS["C2"], IDS["C3"]], extent=300)[:, 0].tolist() == [150.0]
+    assert end_centres(c, [IDS["L4"], IDS["L5"], IDS["S"]], extent=300)[:, 0].tolist() == [30.0]
+    assert end_centres(c[:1], labs[:1], extent=300).shape == (0, 3)
