@@ -26,7 +26,7 @@ class DetectParams:
     bone_hu: float = 200.0  # cortical/cancellous bone threshold of the band projection
     min_half_width_mm: float = 35.0  # a vertebra with its transverse processes is >= ~70 mm wide
     max_half_width_mm: float = 80.0  # ribs and pelvis must not widen the band to the whole body
-    band_fraction: float = 0.25  # band edge: projection falls below this fraction of its peak
+    band_fraction: float = 0.5  # band edge: coverage falls below this fraction of its peak (ribs: ~0.3)
     conf: float | None = None
     iou: float | None = None
     max_candidates: int = 300  # per slice, before NMS (ultralytics' max_det)
@@ -53,19 +53,25 @@ def _smooth1d(p: np.ndarray, sigma: float) -> np.ndarray:
 def spine_band(iso, spacing: float, params: DetectParams | None = None) -> Band:
     """Slices that can contain spine, from a bone-threshold projection onto the left-right axis.
 
-    The spine is the densest bone column near the body's left-right midline: the profile of bone voxels
-    per sagittal slice (every 2nd axial level is plenty), smoothed, peaks there. The band grows from the
-    peak while the profile stays above ``band_fraction`` of the peak, clamped to [min, max] half widths,
-    plus a margin. Only the two 1-D profiles leave the device.
+    The spine is the one bone column that runs the whole length of the scan: per sagittal slice, the
+    profile is the fraction of axial levels (every 2nd is plenty) whose antero-posterior line holds
+    at least 3 mm of bone. Pelvis, femora, ribs and metal hold more bone voxels than the spine in some
+    slices (a hip prosthesis does), but only over part of the length, so a bone-voxel count is not used.
+    The profile, smoothed, peaks at the spine near the body's left-right midline; the band grows from
+    the peak while it stays above ``band_fraction`` of the peak, clamped to [min, max] half widths, plus
+    a margin. Only 1-D profiles leave the device.
     """
     p = params or DetectParams()
     n_i = int(iso.shape[2])
     sub = iso[::2]
-    bone = to_numpy((sub > p.bone_hu).sum(axis=(0, 1)))
+    bone = sub > p.bone_hu
+    line = bone.sum(axis=1)  # (k, i): bone voxels along each antero-posterior line
+    levels = to_numpy((sub > -300.0).any(axis=(1, 2)))
     body = to_numpy((sub > -300.0).sum(axis=(0, 1))).astype(np.float64)
-    if bone.max() == 0:
+    if not levels.any() or not bool(bone.any()):
         return Band(np.zeros(0, dtype=np.int64), 0, 0, -1, "band")
-    prof = _smooth1d(bone, 5.0 / spacing)
+    present = to_numpy(line >= max(1, int(round(3.0 / spacing))))[levels]
+    prof = _smooth1d(present.mean(axis=0).astype(np.float64), 5.0 / spacing)
     ii = np.arange(n_i, dtype=np.float64)
     if body.sum() > 0:
         mid = float((ii * body).sum() / body.sum())
@@ -78,6 +84,8 @@ def spine_band(iso, spacing: float, params: DetectParams | None = None) -> Band:
     win = (ii >= mid - reach) & (ii <= mid + reach)
     if not np.any(win & (prof > 0)):
         win = prof > 0
+    if not np.any(prof > 0):
+        return Band(np.zeros(0, dtype=np.int64), 0, 0, -1, "band")
     peak = int(np.argmax(np.where(win, prof, -1.0)))
     below = prof < p.band_fraction * prof[peak]
     left = np.nonzero(below[:peak])[0]

@@ -11,7 +11,7 @@ from engine.label import decode_labels
 from engine.labels import IDS
 from engine.pipeline import Cascade
 from engine.preprocess import to_canonical
-from engine.segment import _paste, extend, segment
+from engine.segment import extend, segment
 
 
 def _chain(steps_mm, bow_j: float = 0.0, bow_i: float = 0.0) -> np.ndarray:
@@ -70,19 +70,6 @@ def test_decoder_reports_missed_levels_in_the_callers_order():
     assert got.tolist() == labs[::-1]
     # Rows in the caller's order: T12 is row 2, L2 is row 1.
     assert info["missed"] == [(2, 1, [IDS["L1"]])]
-
-
-def test_new_only_paste_refuses_a_found_vertebra():
-    owner = np.zeros((20, 20, 20), np.uint8)
-    best = np.zeros((20, 20, 20), np.float32)
-    sizes: dict = {}
-    blob = np.zeros((10, 10, 10), np.float32)
-    blob[2:8, 2:8, 2:8] = 0.9
-    assert _paste(owner, best, blob, np.array([0, 0, 0]), 1, 0.5, np, sizes, 0.5) == 1
-    before = owner.copy()
-    assert _paste(owner, best, blob, np.array([1, 0, 0]), 2, 0.5, np, sizes, 0.5, new_only=True) == -1
-    np.testing.assert_array_equal(owner, before)
-    assert _paste(owner, best, blob, np.array([10, 10, 10]), 2, 0.5, np, sizes, 0.5, new_only=True) == 2
 
 
 @pytest.fixture(scope="module")

@@ -185,6 +185,20 @@ def test_spine_band_follows_the_bone_column():
     assert empty.slices.size == 0
 
 
+def test_spine_band_is_not_drawn_to_a_bulky_bone_beside_the_spine():
+    """A hip prosthesis or a pelvis holds more bone voxels than the spine in its slices, but only over
+    part of the length: the band must stay on the column that runs the whole scan (a real 3 mm CT put
+    the old bone-count band on the right hip)."""
+    k, j, i = 240, 120, 240
+    a = np.full((k, j, i), -1000.0, np.float32)
+    a[:, 10:110, 20:220] = 20.0  # the body
+    a[:, 80:100, 130:150] = 600.0  # the spine column, every level
+    a[150:235, 20:110, 75:125] = 1500.0  # a bulky block beside it: more bone per slice, 85 of 240 levels
+    band = spine_band(a, 1.0)
+    assert band.lo <= 130 and band.hi >= 150 and 130 <= band.peak < 150
+    assert band.hi <= 150 + 80 + 11 and band.lo >= 130 - 80 - 11
+
+
 def _greedy_nms(b, s, thr):
     order = np.argsort(-s, kind="stable")
     keep = []
@@ -272,6 +286,10 @@ def test_duplicate_centre_in_one_vertebra_is_merged():
     blob = np.zeros((10, 10, 10), np.float32)
     blob[2:8, 2:8, 2:8] = 0.9
     assert _paste(owner, best, blob, np.array([0, 0, 0]), 1, 0.5, np, sizes, 0.5) == 1
+    # Recovery (new_only): a guess landing on the found bone is refused and changes nothing.
+    before = owner.copy()
+    assert _paste(owner, best, blob, np.array([1, 0, 0]), 2, 0.5, np, sizes, 0.5, new_only=True) == -1
+    np.testing.assert_array_equal(owner, before)
     # The same bone seen from a centre 2 voxels lower: merged into label 1, its new voxels join it.
     assert _paste(owner, best, blob * 0.95, np.array([2, 0, 0]), 2, 0.5, np, sizes, 0.5) == 1
     assert set(np.unique(owner)) == {0, 1} and (owner == 1).sum() == 8 * 6 * 6
