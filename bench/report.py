@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
+from engine.pipeline import STAGES
 
-STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess")
 
 
 def _f(v: Any, nd: int = 1) -> str:
@@ -37,7 +37,7 @@ def markdown(rep: dict) -> str:
         e = c["end_to_end_ms"]
         lines.append(f"| {c['backend']} | {c['precision']} | {c['ct']} | {c.get('vertebrae_in_ct') or '-'} | "
                      f"{c['slices']} | {_f(e['p50'])} | {_f(e['p95'])} | {_f(e['p99'])} | {_f(e['max'])} | "
-                     + " | ".join(_f(c["stages"][s]["p50_ms"]) for s in STAGES)
+                     + " | ".join(_f(c["stages"].get(s, {}).get("p50_ms")) for s in STAGES)
                      + f" | {_f(c['throughput']['cts_per_s'], 3)} | {_f(c['throughput']['slices_per_s'])} | "
                        f"{_f(c['peak_host_mb'], 0)} | {_f(c['peak_gpu_mb'], 0)} | {_f(c.get('projected_trained_ms'))} |")
     if rep.get("skipped"):
@@ -104,7 +104,7 @@ def plots(rep: dict, out: Path) -> list[Path]:
     bottom = [0.0] * len(cells)
     colors = plt.cm.tab10.colors
     for si, s in enumerate(STAGES):
-        vals = [(c["stages"][s]["p50_ms"] or 0.0) / 1e3 for c in cells]
+        vals = [(c["stages"].get(s, {}).get("p50_ms") or 0.0) / 1e3 for c in cells]
         ax.bar(names, vals, bottom=bottom, label=s, color=colors[si % 10])
         bottom = [b + v for b, v in zip(bottom, vals)]
     proj = [((c.get("projected_trained_ms") or 0.0) - (c["end_to_end_ms"]["p50"] or 0.0)) / 1e3 for c in cells]

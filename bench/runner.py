@@ -16,8 +16,8 @@ import numpy as np
 
 from bench.machine import GpuMemory, host_peak_mb, reset_host_peak
 from engine.errors import InputError
+from engine.pipeline import STAGES
 
-STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess")
 # Synthetic CT sizes: number of vertebrae -> (first, last) VerSe label of the field of view.
 SPANS = {3: (22, 24), 6: (19, 24), 12: (13, 24), 17: (8, 24), 24: (1, 24)}
 Tick = Callable[[str], None]  # progress: advance one step with a description

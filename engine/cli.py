@@ -9,8 +9,6 @@ from pathlib import Path
 
 from engine.errors import InputError, SpinertError
 
-STAGE_COLS = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess", "total")
-
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto",
@@ -77,13 +75,16 @@ def _console():
 def timing_table(rows: list[tuple[str, dict]], title: str = "per-stage timings (ms)"):
     from rich.table import Table
 
+    from engine.pipeline import STAGES
+
     t = Table(title=title)
     t.add_column("CT")
     short = {"preprocess": "prep", "postprocess": "post"}
-    for c in STAGE_COLS:
+    cols = (*STAGES, "total")
+    for c in cols:
         t.add_column(short.get(c, c), justify="right")
     for name, ms in rows:
-        t.add_row(name, *(f"{ms.get(c, 0.0):.0f}" for c in STAGE_COLS))
+        t.add_row(name, *(f"{ms.get(c, 0.0):.0f}" for c in cols))
     return t
 
 

@@ -23,12 +23,13 @@ from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
 from engine.chain import ChainParams, end_centres, missed_centres, off_chain
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
-from engine.preprocess import Canonical, canonical_to_input, check_volume, to_canonical
+from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
 from engine.segment import SegmentParams, extend, segment
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
-STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess")
+# "recover" segments and labels the vertebrae the chain logic finds after labelling (engine.chain).
+STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "recover", "postprocess")
 Progress = Callable[..., None]  # progress(stage, "started" | "finished", **info)
 
 
@@ -279,7 +280,8 @@ class Cascade:
             probs = self._classify(seg, iso)
             labs, conf, info = self._decode(probs, canon.index_to_lps(seg.centers_kji))
         if cfg.chain.recover:
-            found = self._recover(seg, iso, canon, probs, labs, info, clock)
+            with clock.stage("recover"):
+                found = self._recover(seg, iso, canon, probs, labs, info)
             if found is not None:
                 seg, probs, labs, conf, info = found
         result.info["recovered"] = len(seg.recovered)
@@ -289,6 +291,10 @@ class Cascade:
                 warnings.extend(info["warnings"])
         return self._finish(result, clock)
 
+    def _seg_threshold(self) -> float:
+        t = self.config.segment.threshold
+        return float(t if t is not None else self.specs["segmenter"].preprocess.get("threshold", 0.5))
+
     def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
         from engine.label import classify
 
@@ -296,7 +302,7 @@ class Cascade:
                         self.specs["labeller"].preprocess, self.spacing, max_batch=self.config.max_batch.get("labeller"),
                         first=first)
 
-    def _recover(self, seg, iso, canon: Canonical, probs, labs, info, clock: _Clock):
+    def _recover(self, seg, iso, canon: Canonical, probs, labs, info):
         """Segment the levels the decoder says were missed and the vertebrae cut at the chain's ends;
         label and decode again if any is found (engine.chain). None when nothing new was found."""
         cfg = self.config
@@ -308,15 +314,13 @@ class Cascade:
             return None
         # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
         params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
-        with clock.stage("segment"):
-            more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
-                          self.spacing, params, max_batch=cfg.max_batch.get("segmenter"))
+        more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
+                      self.spacing, params, max_batch=cfg.max_batch.get("segmenter"))
         m0 = len(seg.voxels)
         if not more.recovered:
             return None
-        with clock.stage("label"):
-            probs = np.concatenate([probs, self._classify(more, iso, first=m0)])
-            labs, conf, info2 = self._decode(probs, canon.index_to_lps(more.centers_kji))
+        probs = np.concatenate([probs, self._classify(more, iso, first=m0)])
+        labs, conf, info2 = self._decode(probs, canon.index_to_lps(more.centers_kji))
         info2["warnings"] = [f"{len(more.recovered)} vertebra(e) missed by the detector found by the chain logic "
                              f"(a gap in the label sequence, or cut by the field of view at an end)"] + info2["warnings"]
         return more, probs, labs, conf, info2
@@ -339,8 +343,9 @@ class Cascade:
 
         owner = to_numpy(seg.owner)
         m = len(labs)
-        # One nearest-neighbour resampling of the whole index map onto the input grid (SimpleITK).
-        on_input = canonical_to_input(owner, canon, vol)
+        # The whole index map onto the input grid at once (SimpleITK), boundaries from the probabilities.
+        on_input = masks_to_input(owner, to_numpy(seg.prob) if seg.prob is not None else None, canon, vol,
+                                  self._seg_threshold())
         objs = list(find_objects(on_input, max_label=m)) + [None] * m
         centers_lps = canon.index_to_lps(seg.centers_kji)
         out = []

@@ -92,18 +92,82 @@ def labels_to_canonical(labels: Volume, canon: Canonical) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
-def canonical_to_input(labels_kji: np.ndarray, canon: Canonical, vol: Volume) -> np.ndarray:
-    """A canonical-grid label map resampled (nearest neighbour) onto the input grid, array [k, j, i]."""
-    img = sitk.GetImageFromArray(labels_kji)
+def canonical_to_input(arr_kji: np.ndarray, canon: Canonical, vol: Volume, linear: bool = False,
+                       box: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """A canonical-grid map resampled onto the input grid, array [k, j, i]: nearest neighbour keeping
+    the pixel type (label maps), or trilinear to float32 (``linear``: probabilities). ``box`` = (start,
+    stop) input (i, j, k) indices: only that part of the input grid is computed (the result is that
+    sub-array)."""
+    img = sitk.GetImageFromArray(arr_kji)
     img.SetSpacing((canon.spacing,) * 3)
     img.SetOrigin(canon.origin)
     img.SetDirection(canon.direction)
-    ref = sitk.Image([int(s) for s in vol.size], sitk.sitkUInt8)
+    start = np.zeros(3, dtype=np.int64) if box is None else np.asarray(box[0], dtype=np.int64)
+    size = np.asarray(vol.size, dtype=np.int64) if box is None else np.asarray(box[1], dtype=np.int64) - start
+    ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
     ref.SetSpacing(tuple(float(s) for s in vol.spacing))
-    ref.SetOrigin(tuple(float(o) for o in vol.origin))
+    ref.SetOrigin(tuple(float(o) for o in vol.index_to_lps(start.astype(np.float64))))
     ref.SetDirection(tuple(float(d) for d in vol.direction))
-    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
+    if linear:
+        out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    else:
+        out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, img.GetPixelID())
     return sitk.GetArrayFromImage(out)
+
+
+def input_box(canon: Canonical, vol: Volume, lo_kji, hi_kji, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop) input (i, j, k) indices covering the canonical index box [lo, hi] plus ``margin``
+    input voxels, clipped to the input grid."""
+    lo, hi = np.asarray(lo_kji, dtype=np.float64), np.asarray(hi_kji, dtype=np.float64)
+    corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)])
+    ijk = vol.lps_to_index(canon.index_to_lps(corners))
+    start = np.clip(np.floor(ijk.min(axis=0)).astype(np.int64) - margin, 0, None)
+    stop = np.minimum(np.ceil(ijk.max(axis=0)).astype(np.int64) + margin + 1, np.asarray(vol.size, dtype=np.int64))
+    return start, np.maximum(stop, start)
+
+
+def masks_to_input(owner_kji: np.ndarray, prob_kji: np.ndarray | None, canon: Canonical, vol: Volume,
+                   threshold: float) -> np.ndarray:
+    """The vertebra label map on the input grid, with boundaries placed between canonical voxels.
+
+    A nearest-neighbour label map puts every boundary on the 1 mm canonical voxel faces: on a 0.55 mm
+    scan that alone costs 2-5 Dice points against masks drawn on the scan's own grid (measured on the
+    phantoms). Here the foreground is the trilinear iso-surface of the probability map (``prob_kji``,
+    uint8 0-255, 0 outside the vertebrae kept), and each voxel's label is the nearest-neighbour label;
+    foreground voxels just outside every labelled voxel take a face neighbour's label. Without a
+    probability map this is the nearest-neighbour label map. Only the box around the vertebrae is
+    resampled: the spine is a small part of a CT.
+    """
+    out = np.zeros(tuple(int(s) for s in vol.size[::-1]), dtype=owner_kji.dtype)
+    nz = np.nonzero(np.asarray(owner_kji).any(axis=(1, 2)))[0]
+    if nz.size == 0:
+        return out
+    lo = np.array([nz[0], *[np.nonzero(owner_kji.any(axis=ax))[0][0] for ax in ((0, 2), (0, 1))]]) - 1
+    hi = np.array([nz[-1], *[np.nonzero(owner_kji.any(axis=ax))[0][-1] for ax in ((0, 2), (0, 1))]]) + 1
+    box = input_box(canon, vol, lo, hi)
+    if np.any(box[1] <= box[0]):
+        return out
+    sub = tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))
+    lab = canonical_to_input(owner_kji, canon, vol, box=box)
+    if prob_kji is None:
+        out[sub] = lab
+        return out
+    fg = canonical_to_input(prob_kji, canon, vol, linear=True, box=box) > threshold * 255.0
+    res = np.where(fg, lab, 0).astype(lab.dtype)
+    grow = np.argwhere(fg & (lab == 0))
+    for _ in range(2):  # boundary shells move by under a canonical voxel: at most ~2 input voxels
+        if grow.size == 0:
+            break
+        best = np.zeros(len(grow), dtype=lab.dtype)
+        for ax in range(3):
+            for d in (-1, 1):
+                nb = grow.copy()
+                nb[:, ax] = np.clip(nb[:, ax] + d, 0, lab.shape[ax] - 1)
+                np.maximum(best, res[nb[:, 0], nb[:, 1], nb[:, 2]], out=best)
+        res[grow[:, 0], grow[:, 1], grow[:, 2]] = best
+        grow = grow[best == 0]
+    out[sub] = res
+    return out
 
 
 def window(hu: np.ndarray, lo: float, hi: float, xp=np) -> np.ndarray:

@@ -38,6 +38,9 @@ class Segmentation:
     dropped: list[int] = field(default_factory=list)  # candidate indices whose mask was empty/too small
     merged: list[int] = field(default_factory=list)  # candidate indices merged into an earlier vertebra
     recovered: list[int] = field(default_factory=list)  # vertebrae added by ``extend`` (missed by detection)
+    # [k, j, i] uint8 max probability x 255 (0 outside the kept vertebrae): the masks' sub-voxel boundary
+    # when they are resampled to the input grid (engine.preprocess.masks_to_input).
+    prob: Any = None
 
 
 def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | None = None,
@@ -139,8 +142,7 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
         return Segmentation(owner, np.zeros((0, 3)), np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
     best = xp.zeros(iso.shape, dtype=xp.float32)
     merged = _paste_rois(session, iso, owner, best, centers, 0, {}, preprocess, p, max_batch, False, progress)
-    del best
-    return _finish(owner, n, np.arange(n), merged, [], p, spacing, xp)
+    return _finish(owner, best, _threshold(p, preprocess), n, np.arange(n), merged, [], p, spacing, xp)
 
 
 def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
@@ -163,13 +165,15 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         owner = owner.astype(xp.uint16)
     else:
         owner = owner.copy()
-    # Found voxels hold probability 1: a new ROI can never take them over.
-    best = (owner > 0).astype(xp.float32)
+    found = owner > 0
+    old = seg.prob.astype(xp.float32) / 255.0 if seg.prob is not None else found.astype(xp.float32)
+    # Found voxels hold probability 2 while pasting: a new ROI (p <= 1) can never take them over.
+    best = xp.where(found, xp.float32(2.0), old)
     sizes = {j + 1: int(v) for j, v in enumerate(seg.voxels)}
     refused = _paste_rois(session, iso, owner, best, centers, m0, sizes, preprocess, p, max_batch, True, None)
-    del best
+    best = xp.where(found, old, best)
     source = np.concatenate([seg.source, -1 - np.arange(e)])
-    out = _finish(owner, m0 + e, source, seg.merged, refused, p, spacing, xp)
+    out = _finish(owner, best, _threshold(p, preprocess), m0 + e, source, seg.merged, refused, p, spacing, xp)
     out.dropped = list(seg.dropped)
     out.recovered = [int(i) for i in np.nonzero(out.source < 0)[0]]
     return out
@@ -179,7 +183,7 @@ def _paste_rois(session, iso, owner, best, centers, first: int, sizes: dict, pre
                 max_batch, new_only: bool, progress) -> list[int]:
     """Segment ``centers`` in batches as labels first+1..; indices (first + i) that did not get their own."""
     xp = get_xp(iso)
-    thr = float(p.threshold if p.threshold is not None else preprocess.get("threshold", 0.5))
+    thr = _threshold(p, preprocess)
     r = int(preprocess["roi"])
     in_name, out_name = session.input_names[0], session.output_names[0]
     mb = int(max_batch or session.max_batch or 2)
@@ -200,9 +204,14 @@ def _paste_rois(session, iso, owner, best, centers, first: int, sizes: dict, pre
     return joined
 
 
-def _finish(owner, m: int, source: np.ndarray, merged: list[int], refused: list[int], p: SegmentParams,
-            spacing: float, xp) -> Segmentation:
-    """Largest components, size filter and renumbering of labels 1..m into a Segmentation."""
+def _threshold(p: SegmentParams, preprocess: dict[str, Any]) -> float:
+    return float(p.threshold if p.threshold is not None else preprocess.get("threshold", 0.5))
+
+
+def _finish(owner, best, thr: float, m: int, source: np.ndarray, merged: list[int], refused: list[int],
+            p: SegmentParams, spacing: float, xp) -> Segmentation:
+    """Largest components, size filter and renumbering of labels 1..m into a Segmentation; ``best``
+    (max probability, float) becomes its uint8 ``prob`` map."""
     boxes = _find_boxes(owner, m)
     if p.largest_component:
         _keep_largest(owner, boxes, xp)
@@ -216,4 +225,8 @@ def _finish(owner, m: int, source: np.ndarray, merged: list[int], refused: list[
         lut[1:][ok] = np.arange(1, int(ok.sum()) + 1)
         owner = xp.asarray(lut.astype(owner.dtype))[owner]
     boxes = _find_boxes(owner, int(ok.sum()))
-    return Segmentation(owner, ctr[ok], cnt[ok], boxes, np.asarray(source)[ok], dropped, list(merged))
+    # Voxels above threshold that no kept vertebra owns (fragments, dropped masks) must not come back
+    # when the probabilities are interpolated: they are cleared.
+    prob = xp.clip(best * 255.0 + 0.5, 0, 255).astype(xp.uint8)
+    prob[(owner == 0) & (best > thr)] = 0
+    return Segmentation(owner, ctr[ok], cnt[ok], boxes, np.asarray(source)[ok], dropped, list(merged), prob=prob)

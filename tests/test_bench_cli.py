@@ -15,8 +15,8 @@ import pytest
 
 from bench.runner import parse_sizes, pct
 from engine.errors import InputError
+from engine.pipeline import STAGES
 
-STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "postprocess")
 
 
 def _spinert(*args: str) -> subprocess.CompletedProcess:

@@ -57,7 +57,8 @@ def test_finds_every_block_with_verse_labels(result):
     for v in result.vertebrae:
         assert v.name == L.name(v.label) and 0.0 <= v.confidence <= 1.0
         assert v.scores and abs(sum(v.scores.values()) - 1.0) < 0.01
-    assert set(result.timings_ms) >= {"load", "preprocess", "detect", "cluster", "segment", "label", "postprocess"}
+    assert set(result.timings_ms) >= {"load", "preprocess", "detect", "cluster", "segment", "label", "recover",
+                                      "postprocess"}
     assert result.backend == "onnxruntime" and result.precision == "fp32"
     assert set(result.models) == {"detector", "segmenter", "labeller"}
 
@@ -304,7 +305,7 @@ def test_progress_events_and_volume_untouched(cascade, ct):
     assert res.volume_id == "renamed" and ct.name == name_before
     started = [s for s, e, _ in events if e == "started"]
     finished = [s for s, e, i in events if e == "finished" and i.get("ms", -1) >= 0]
-    assert started == finished == ["preprocess", "detect", "cluster", "segment", "label", "postprocess"]
+    assert started == finished == ["preprocess", "detect", "cluster", "segment", "label", "recover", "postprocess"]
 
 
 def test_vertebra_cut_by_the_field_of_view_is_flagged(cascade):
