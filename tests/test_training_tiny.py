@@ -90,3 +90,21 @@ def test_bad_inputs_one_line(tmp_path, capsys):
     assert main(["train", "segmenter", "--data", str(tmp_path / "empty"), "--init", str(tmp_path / "no.pt"),
                  "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]) == 2
     assert "--init weights not found" in capsys.readouterr().err
+
+
+def test_labeller_fov_cut_is_air_and_empty_mask_outside_the_box():
+    import numpy as np
+
+    from engine.preprocess import AIR_HU
+    from training.labeller import FOV_CUT_MM, fov_cut
+
+    ct = np.full((200, 200, 200), 300.0, np.float32)  # wider than twice the largest half-width
+    m = np.ones(ct.shape, dtype=bool)
+    c = np.array([100.0, 100.0, 100.0])
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        cut_ct, cut_m = fov_cut(ct, m, c, rng, 1.0)
+        assert np.array_equal(cut_ct == AIR_HU, ~cut_m)  # CT and mask cut by the same box
+        assert cut_m[100, 100, 100] and cut_m[tuple((c - FOV_CUT_MM[0] + 1).astype(int))]  # the centre stays
+        assert (~cut_m).any()  # at least one axis is cut
+    assert m.all() and (ct == 300.0).all()  # inputs untouched

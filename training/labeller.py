@@ -21,6 +21,11 @@ from training.nets import LabellerConfig, ResNetTransformer3D
 PREPROCESS = {"spacing_mm": 1.0, "shape": [48, 96, 96], "crop": "fixed", "extent_mm": [128.0, 128.0, 128.0],
               "margin_mm": 2.0, "hu_window": [-400.0, 1400.0], "channels": ["mask", "ct"]}
 JITTER_MM = 3.0
+# Tight fields of view (a 110 mm crop around one level, a 90 mm slab): with this probability a training
+# sample loses everything beyond a random 30-80 mm of its centre along some axes, CT and mask alike,
+# exactly as the runtime pads a small scan with air.
+FOV_CUT_P = 0.3
+FOV_CUT_MM = (30.0, 80.0)
 
 
 def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict) -> list[Path]:
@@ -72,7 +77,24 @@ class Samples:
         if rng is not None:
             c = c + rng.uniform(-JITTER_MM, JITTER_MM, size=3) / float(self.pp["spacing_mm"])
             ct = ct * rng.uniform(0.95, 1.05) + rng.normal(0, 15)
+            if rng.uniform() < FOV_CUT_P:
+                ct, m = fov_cut(ct, m, c, rng, float(self.pp["spacing_mm"]))
         return labeller_input(m, ct, c, self.pp)
+
+
+def fov_cut(ct: np.ndarray, m: np.ndarray, c: np.ndarray, rng: np.random.Generator, spacing: float):
+    """CT and mask as a scan with a tight field of view would show them: outside a box of random
+    half-widths FOV_CUT_MM (mm) around ``c``, on each axis with probability 1/2 (at least one), the CT
+    is air and the mask empty."""
+    axes = rng.uniform(size=3) < 0.5
+    axes[rng.integers(3)] = True
+    keep = np.ones(ct.shape, dtype=bool)
+    for a in np.nonzero(axes)[0]:
+        lo, hi = (c[a] + sgn * rng.uniform(*FOV_CUT_MM) / spacing for sgn in (-1.0, 1.0))
+        ii = np.arange(ct.shape[a])
+        sel = (ii >= lo) & (ii <= hi)
+        keep &= sel.reshape([-1 if k == a else 1 for k in range(3)])
+    return np.where(keep, ct, np.float32(AIR_HU)), m & keep
 
 
 def evaluate(predict, samples: Samples, classes: list[int], batch: int = 16) -> dict:
@@ -162,6 +184,7 @@ def train(args, log=print) -> dict:
                "schedule": {"init": common.init_label(args), "epochs": epochs,
                             "steps_per_epoch": steps, "batch": batch, "optimizer": "AdamW",
                             "lr": lr, "lr_schedule": "cosine to 5%", "jitter_mm": JITTER_MM,
+                            "fov_cut": {"p": FOV_CUT_P, "half_width_mm": list(FOV_CUT_MM)},
                             "loss": "cross-entropy (label smoothing 0.05), class-balanced sampling"},
                "device": str(device), "date": export.now_iso(), "wall_time_s": round(time.time() - t0, 1),
                "tiny": bool(args.tiny)}
