@@ -61,6 +61,13 @@ class ModelSpec:
             got = sha256_file(p)
             if got != want:
                 raise ModelError(f"model file {p} does not match the manifest (sha256 {got[:12]}... != {want[:12]}...)")
+            if prec == "int8":
+                # A Q/DQ file quantises one fp32 model: after a retrain it belongs to weights that are gone.
+                src = (self.raw.get("calibration") or {}).get("source_sha256")
+                if src and src != self.sha256.get("fp32"):
+                    raise ModelError(f"{self.name} INT8 file {p.name} was calibrated from another fp32 model "
+                                     f"(sha256 {src[:12]}... != {self.sha256.get('fp32', '')[:12]}...): "
+                                     f"rerun spinert calibrate")
 
     @property
     def is_trained(self) -> bool:

@@ -62,6 +62,21 @@ def test_verify_detects_tampering_and_missing(tmp_path):
         specs["detector"].verify()  # listed in the manifest, absent here
 
 
+def test_int8_of_a_replaced_fp32_model_is_refused(tmp_path):
+    src = SHIPPED["segmenter"].root
+    for f in ["manifest.json", "segmenter.onnx", "segmenter_fp16.onnx", "segmenter_int8.onnx"]:
+        shutil.copyfile(src / f, tmp_path / f)
+    load_manifest(tmp_path)["segmenter"].verify("int8")  # calibrated from the shipped fp32 file
+    # A retrained fp32 file registered without recalibrating: its old INT8 file must not run.
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    with open(tmp_path / "segmenter.onnx", "ab") as f:
+        f.write(b"\0")
+    m["models"]["segmenter"]["sha256"]["fp32"] = sha256_file(tmp_path / "segmenter.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ModelError, match="calibrated from another fp32 model"):
+        load_manifest(tmp_path)["segmenter"].verify("int8")
+
+
 def test_load_manifest_errors(tmp_path):
     with pytest.raises(ModelError, match="no model manifest"):
         load_manifest(tmp_path)
