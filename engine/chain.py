@@ -33,6 +33,9 @@ class ChainParams:
     off_chain_mm: float = 35.0
     window_mm: float = 60.0
     ends: bool = True  # also look one step beyond each end of the chain
+    # How far from its centre the next vertebra may show, in steps: thoracic spinous processes reach
+    # about one level down, so parts of a vertebra whose body is out of view can still be in it.
+    end_reach: float = 0.75
     min_partial_mm3: float = 150.0  # smallest recovered mask (a vertebra cut by the field of view)
 
     def __post_init__(self) -> None:
@@ -70,14 +73,14 @@ _NO_ABOVE = (1,)
 _NO_BELOW = (26, 27)
 
 
-def end_centres(centers: np.ndarray, labels, extent: int, height_frac: float = 0.8) -> np.ndarray:
+def end_centres(centers: np.ndarray, labels, extent: int, reach: float = 0.75) -> np.ndarray:
     """(M <= 2, 3) where the next vertebra beyond each end of the chain would show in the field of view.
 
     ``centers`` (N, 3) canonical (k, j, i) with k along the spine in [0, extent); ``labels`` their
-    decoded VerSe IDs. The next vertebra is one step (the end pair's distance) beyond the end, about
-    ``height_frac`` of a step tall; the centre proposed is that of its part inside [0, extent): its own
-    centre when it is wholly inside, the middle of the slab in view when the field of view cuts it, and
-    none when no slice of it is in view.
+    decoded VerSe IDs. The next vertebra is one step (the end pair's distance) beyond the end and
+    reaches ``reach`` steps from its centre along the spine; the centre proposed is that of its part
+    inside [0, extent): its own centre when it is wholly inside, the middle of the slab in view when
+    the field of view cuts it, and none when no slice of it is in view.
     """
     c = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
     labels = np.asarray(labels).reshape(-1)
@@ -91,7 +94,7 @@ def end_centres(centers: np.ndarray, labels, extent: int, height_frac: float = 0
         step = c[end] - c[prev]
         if abs(step[0]) < 1.0:
             continue
-        half = 0.5 * height_frac * abs(step[0])
+        half = reach * abs(step[0])
         ek = c[end, 0] + step[0]
         lo, hi = max(ek - half, 0.0), min(ek + half, extent - 1.0)
         if hi - lo < 1.0:

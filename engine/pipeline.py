@@ -308,7 +308,7 @@ class Cascade:
         cfg = self.config
         props = [missed_centres(seg.centers_kji, info["missed"])]
         if cfg.chain.ends:
-            props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0])))
+            props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach))
         props = np.concatenate(props)
         if not len(props):
             return None

@@ -114,12 +114,14 @@ def test_end_centres_follow_the_chain_into_the_field_of_view():
     c = np.array([[60.0, 50, 60], [90.0, 56, 60], [120.0, 62, 60]])  # k along the spine, 30 mm steps
     labs = [IDS["T10"], IDS["T11"], IDS["T12"]]
     # Room above and below: the next vertebrae are wholly in view, one step beyond each end.
-    np.testing.assert_allclose(end_centres(c, labs, extent=300), [[30.0, 44, 60], [150.0, 68, 60]])
+    np.testing.assert_allclose(end_centres(c, labs, extent=300, reach=0.4), [[30.0, 44, 60], [150.0, 68, 60]])
     # Cut by the field of view: the centre of the slab in view (150 +- 12 clipped to [138, 159]).
-    out = end_centres(c, labs, extent=160)
+    out = end_centres(c, labs, extent=160, reach=0.4)
     np.testing.assert_allclose(out[1], [148.5, 62 + 6 * 28.5 / 30, 60])
-    # Nothing of it in view beyond the end; never above C1 nor below the sacrum.
-    assert end_centres(c, labs, extent=131)[:, 0].tolist() == [30.0]
+    # Nothing of it in view beyond the end (it reaches 138 or, with a longer reach, 127.5); never above
+    # C1 nor below the sacrum.
+    assert end_centres(c, labs, extent=131, reach=0.4)[:, 0].tolist() == [30.0]
+    assert end_centres(c, labs, extent=131, reach=0.75)[:, 0].tolist() == [30.0, 128.75]  # [127.5, 130]
     assert end_centres(c, [IDS["C1"], IDS["C2"], IDS["C3"]], extent=300)[:, 0].tolist() == [150.0]
     assert end_centres(c, [IDS["L4"], IDS["L5"], IDS["S"]], extent=300)[:, 0].tolist() == [30.0]
     assert end_centres(c[:1], labs[:1], extent=300).shape == (0, 3)
