@@ -245,6 +245,9 @@ class Cascade:
                              models=self.model_versions())
         if not self.trained:
             warnings.append("models are untrained placeholders (manifest \"trained\": false): outputs are not meaningful")
+        if self.precision == "int8" and self.backend == "onnxruntime":
+            warnings.append("INT8 Q/DQ on ONNX Runtime is for checking accuracy, not for speed: on the CPU it ran "
+                            "4x slower than fp32 (bench/results/cpu-2026-11-30-s3); TensorRT runs it fast")
 
         with clock.stage("detect"):
             band = select_slices(iso, sp, cfg.detect)
