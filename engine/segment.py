@@ -77,7 +77,9 @@ def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | N
         sizes[label] = sizes.get(label, 0) + n_new
     cur = best[dst]
     upd = above & (p > cur)
-    best[dst] = xp.where(upd, p, cur)
+    # Every voxel keeps its highest probability, below the threshold too: the masks' sub-voxel boundary
+    # on the input grid is interpolated from these (ownership only changes where ``upd``).
+    best[dst] = xp.maximum(cur, p)
     owner[dst] = xp.where(upd, owner.dtype.type(label), owner[dst])
     return label
 

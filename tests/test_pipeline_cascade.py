@@ -244,6 +244,10 @@ def test_paste_highest_probability_wins():
     assert (owner[0:3, 0:6, 0:6] == 1).all()
     assert (owner[3:5, 3:6, 3:6] == 1).all()  # p2 < 0.5 there, p1 keeps it
     assert (owner[5:9, 3:9, 3:9] == 2).all()  # overlap where p2 (0.9) > p1 (0.7)
+    # The probability map keeps every voxel's highest value, below the threshold too (it places the
+    # masks' sub-voxel boundary): 0.4 where only p2's low part reached, 0.7 where p1 was higher.
+    assert np.allclose(best[3:5, 6:9, 3:9], 0.4) and np.allclose(best[3:5, 3:6, 3:6], 0.7)
+    assert (owner[3:5, 6:9, 3:9] == 0).all()
     _paste(owner, best, p1, np.array([-3, 7, 8]), 3, 0.5, np)  # partly outside the volume: clipped
     assert (owner[0:3, 7:10, 8:10] == 3).all()
 
