@@ -6,7 +6,7 @@ resolved by probability: a running max-probability volume remembers the best ROI
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -143,8 +143,15 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
     if n == 0:
         return Segmentation(owner, np.zeros((0, 3)), np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
     best = xp.zeros(iso.shape, dtype=xp.float32)
-    merged = _paste_rois(session, iso, owner, best, centers, 0, {}, preprocess, p, max_batch, False, progress)
-    return _finish(owner, best, _threshold(p, preprocess), n, np.arange(n), merged, [], p, spacing, xp)
+    thr, sizes, merged = _threshold(p, preprocess), {}, []
+
+    def paste(i: int, prob, start: np.ndarray) -> None:
+        used = _paste(owner, best, prob, start, i + 1, thr, xp, sizes, p.duplicate_overlap)
+        if used and used != i + 1:
+            merged.append(i)
+
+    _run_rois(session, iso, centers, preprocess, max_batch, paste, progress)
+    return _finish(owner, best, thr, n, np.arange(n), merged, [], p, spacing, xp)
 
 
 def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
@@ -152,9 +159,11 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     """Segment more centres (e.g. where a vertebra was missed) into a finished Segmentation.
 
     Each new mask takes only unclaimed voxels, and is kept only as a NEW vertebra: one that overlaps a
-    found vertebra by more than ``duplicate_overlap`` (it landed on that vertebra) is discarded. Found
-    vertebrae keep their numbers, masks and centres; kept ones are numbered after them and listed in
-    ``recovered`` (vertebra indices); ``source`` gives them -(1 + index into ``centers_kji``).
+    found vertebra by more than ``duplicate_overlap`` (it landed on that vertebra) is discarded, and so
+    is one under ``min_volume_mm3``. Found vertebrae keep their numbers, masks and centres; kept ones
+    are numbered after them and listed in ``recovered`` (vertebra indices); ``source`` gives them
+    -(1 + index into ``centers_kji``). All work stays inside each proposal's ROI window: the volume is
+    only copied, never swept.
     """
     p = params or SegmentParams()
     xp = get_xp(iso)
@@ -162,48 +171,69 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     m0, e = len(seg.voxels), centers.shape[0]
     if e == 0:
         return seg
-    owner = seg.owner
-    if m0 + e >= np.iinfo(owner.dtype).max:
-        owner = owner.astype(xp.uint16)
-    else:
-        owner = owner.copy()
-    found = owner > 0
-    old = seg.prob.astype(xp.float32) / 255.0 if seg.prob is not None else found.astype(xp.float32)
-    # Found voxels hold probability 2 while pasting: a new ROI (p <= 1) can never take them over.
-    best = xp.where(found, xp.float32(2.0), old)
+    owner = seg.owner.astype(xp.uint16) if m0 + e >= np.iinfo(seg.owner.dtype).max else seg.owner.copy()
+    prob = seg.prob.copy() if seg.prob is not None else (seg.owner > 0).astype(xp.uint8) * xp.uint8(255)
+    thr, r = _threshold(p, preprocess), int(preprocess["roi"])
+    min_vox = max(1.0, p.min_volume_mm3 / spacing ** 3)
     sizes = {j + 1: int(v) for j, v in enumerate(seg.voxels)}
-    refused = _paste_rois(session, iso, owner, best, centers, m0, sizes, preprocess, p, max_batch, True, None)
-    best = xp.where(found, old, best)
-    source = np.concatenate([seg.source, -1 - np.arange(e)])
-    out = _finish(owner, best, _threshold(p, preprocess), m0 + e, source, seg.merged, refused, p, spacing, xp)
-    out.dropped = list(seg.dropped)
-    out.recovered = [int(i) for i in np.nonzero(out.source < 0)[0]]
-    return out
+    kept: list[tuple[np.ndarray, int, tuple[slice, slice, slice], int]] = []  # centre, voxels, box, source
+
+    def paste(i: int, roi_prob, start: np.ndarray) -> None:
+        lo = np.maximum(start, 0)
+        hi = np.minimum(start + r, owner.shape)
+        if np.any(hi <= lo):
+            return
+        win = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        ow, pw = owner[win], prob[win]  # views: pasting writes through
+        found = ow > 0
+        # Found voxels hold probability 2 here: a new ROI (p <= 1) can never take them over.
+        best = xp.where(found, xp.float32(2.0), pw.astype(xp.float32) / 255.0)
+        label = m0 + len(kept) + 1
+        if _paste(ow, best, roi_prob, start - lo, label, thr, xp, sizes, p.duplicate_overlap, new_only=True) != label:
+            return
+        box = _find_boxes(ow, label)[label - 1]
+        if p.largest_component:
+            _keep_largest(ow, [None] * (label - 1) + [box], xp)
+        mask = ow == label
+        cnt = int(mask.sum())
+        if cnt < min_vox:
+            ow[mask] = 0
+            sizes.pop(label, None)
+            return
+        new = xp.clip(best * 255.0 + 0.5, 0, 255).astype(xp.uint8)
+        new[(ow == 0) & (best > thr) & ~found] = 0  # removed fragments must not come back (see _finish)
+        pw[...] = xp.where(found, pw, new)
+        ctr = to_numpy(xp.stack([c.astype(xp.float64).mean() for c in xp.nonzero(mask)])) + lo
+        box = tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(_find_boxes(ow, label)[label - 1], lo))
+        kept.append((ctr, cnt, box, -1 - i))
+
+    _run_rois(session, iso, centers, preprocess, max_batch, paste, None)
+    if not kept:
+        return replace(seg, owner=owner, prob=prob, recovered=[])
+    return replace(seg, owner=owner, prob=prob,
+                   centers_kji=np.concatenate([seg.centers_kji, np.stack([k[0] for k in kept])]),
+                   voxels=np.concatenate([seg.voxels, np.asarray([k[1] for k in kept], dtype=np.int64)]),
+                   boxes=list(seg.boxes) + [k[2] for k in kept],
+                   source=np.concatenate([seg.source, np.asarray([k[3] for k in kept], dtype=np.int64)]),
+                   recovered=list(range(m0, m0 + len(kept))))
 
 
-def _paste_rois(session, iso, owner, best, centers, first: int, sizes: dict, preprocess, p: SegmentParams,
-                max_batch, new_only: bool, progress) -> list[int]:
-    """Segment ``centers`` in batches as labels first+1..; indices (first + i) that did not get their own."""
+def _run_rois(session, iso, centers, preprocess, max_batch, paste: Callable[[int, Any, np.ndarray], None],
+              progress) -> None:
+    """Segment ``centers`` in batches; ``paste(i, prob_128^3, roi_start)`` takes each ROI's output."""
     xp = get_xp(iso)
-    thr = _threshold(p, preprocess)
     r = int(preprocess["roi"])
     in_name, out_name = session.input_names[0], session.output_names[0]
     mb = int(max_batch or session.max_batch or 2)
     n = len(centers)
-    joined = []
     for s0 in range(0, n, mb):
         idx = range(s0, min(n, s0 + mb))
         x = xp.stack([segmenter_input(iso, centers[i], preprocess, xp=xp) for i in idx])
         prob = xp.asarray(session.run({in_name: x}, max_batch=mb)[out_name])
         for b, i in enumerate(idx):
-            label = first + i + 1
-            used = _paste(owner, best, prob[b, 0], roi_start(centers[i], (r, r, r)), label, thr, xp, sizes,
-                          p.duplicate_overlap, new_only)
-            if used and used != label:
-                joined.append(first + i)
+            paste(i, prob[b, 0], roi_start(centers[i], (r, r, r)))
         if progress:
             progress(idx[-1] + 1, n)
-    return joined
 
 
 def _threshold(p: SegmentParams, preprocess: dict[str, Any]) -> float:
