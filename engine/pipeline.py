@@ -18,13 +18,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from engine import labels as L
+from engine.chain import ChainParams, end_centres, missed_centres, off_chain
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
-from engine.chain import ChainParams, end_centres, missed_centres, off_chain
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
-from engine.segment import SegmentParams, extend, segment
+from engine.segment import SegmentParams, extend, mask_threshold, segment
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
@@ -294,10 +294,6 @@ class Cascade:
                 warnings.extend(info["warnings"])
         return self._finish(result, clock)
 
-    def _seg_threshold(self) -> float:
-        t = self.config.segment.threshold
-        return float(t if t is not None else self.specs["segmenter"].preprocess.get("threshold", 0.5))
-
     def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
         from engine.label import classify
 
@@ -346,9 +342,10 @@ class Cascade:
 
         owner = to_numpy(seg.owner)
         m = len(labs)
-        # The whole index map onto the input grid at once (SimpleITK), boundaries from the probabilities.
+        # The index map onto the input grid in one resampling of the spine's box (SimpleITK), with the
+        # boundaries from the probabilities.
         on_input = masks_to_input(owner, to_numpy(seg.prob) if seg.prob is not None else None, canon, vol,
-                                  self._seg_threshold())
+                                  mask_threshold(self.config.segment, self.specs["segmenter"].preprocess))
         objs = list(find_objects(on_input, max_label=m)) + [None] * m
         centers_lps = canon.index_to_lps(seg.centers_kji)
         out = []

@@ -143,7 +143,7 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
     if n == 0:
         return Segmentation(owner, np.zeros((0, 3)), np.zeros(0, np.int64), [], np.zeros(0, np.int64), [])
     best = xp.zeros(iso.shape, dtype=xp.float32)
-    thr, sizes, merged = _threshold(p, preprocess), {}, []
+    thr, sizes, merged = mask_threshold(p, preprocess), {}, []
 
     def paste(i: int, prob, start: np.ndarray) -> None:
         used = _paste(owner, best, prob, start, i + 1, thr, xp, sizes, p.duplicate_overlap)
@@ -151,7 +151,7 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
             merged.append(i)
 
     _run_rois(session, iso, centers, preprocess, max_batch, paste, progress)
-    return _finish(owner, best, thr, n, np.arange(n), merged, [], p, spacing, xp)
+    return _finish(owner, best, thr, n, np.arange(n), merged, p, spacing, xp)
 
 
 def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
@@ -173,7 +173,7 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         return seg
     owner = seg.owner.astype(xp.uint16) if m0 + e >= np.iinfo(seg.owner.dtype).max else seg.owner.copy()
     prob = seg.prob.copy() if seg.prob is not None else (seg.owner > 0).astype(xp.uint8) * xp.uint8(255)
-    thr, r = _threshold(p, preprocess), int(preprocess["roi"])
+    thr, r = mask_threshold(p, preprocess), int(preprocess["roi"])
     min_vox = max(1.0, p.min_volume_mm3 / spacing ** 3)
     sizes = {j + 1: int(v) for j, v in enumerate(seg.voxels)}
     kept: list[tuple[np.ndarray, int, tuple[slice, slice, slice], int]] = []  # centre, voxels, box, source
@@ -236,11 +236,12 @@ def _run_rois(session, iso, centers, preprocess, max_batch, paste: Callable[[int
             progress(idx[-1] + 1, n)
 
 
-def _threshold(p: SegmentParams, preprocess: dict[str, Any]) -> float:
+def mask_threshold(p: SegmentParams, preprocess: dict[str, Any]) -> float:
+    """The probability above which a voxel belongs to a mask: the parameter, else the manifest's."""
     return float(p.threshold if p.threshold is not None else preprocess.get("threshold", 0.5))
 
 
-def _finish(owner, best, thr: float, m: int, source: np.ndarray, merged: list[int], refused: list[int],
+def _finish(owner, best, thr: float, m: int, source: np.ndarray, merged: list[int],
             p: SegmentParams, spacing: float, xp) -> Segmentation:
     """Largest components, size filter and renumbering of labels 1..m into a Segmentation; ``best``
     (max probability, float) becomes its uint8 ``prob`` map."""
@@ -249,7 +250,7 @@ def _finish(owner, best, thr: float, m: int, source: np.ndarray, merged: list[in
         _keep_largest(owner, boxes, xp)
     cnt, ctr = _stats(owner, m, xp)
     ok = cnt >= max(1.0, p.min_volume_mm3 / spacing ** 3)
-    gone = set(merged) | set(refused)
+    gone = set(merged)
     dropped = [int(i) for i in np.nonzero(~ok)[0] if int(i) not in gone]
     if not ok.all():
         # Renumber the survivors 1..M in order; dropped labels become background.
