@@ -66,8 +66,9 @@ def spine_band(iso, spacing: float, params: DetectParams | None = None) -> Band:
     sub = iso[::2]
     bone = sub > p.bone_hu
     line = bone.sum(axis=1)  # (k, i): bone voxels along each antero-posterior line
-    levels = to_numpy((sub > -300.0).any(axis=(1, 2)))
-    body = to_numpy((sub > -300.0).sum(axis=(0, 1))).astype(np.float64)
+    inside = sub > -300.0
+    levels = to_numpy(inside.any(axis=(1, 2)))
+    body = to_numpy(inside.sum(axis=(0, 1))).astype(np.float64)
     if not levels.any() or not bool(bone.any()):
         return Band(np.zeros(0, dtype=np.int64), 0, 0, -1, "band")
     present = to_numpy(line >= max(1, int(round(3.0 / spacing))))[levels]

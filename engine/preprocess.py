@@ -139,11 +139,13 @@ def masks_to_input(owner_kji: np.ndarray, prob_kji: np.ndarray | None, canon: Ca
     resampled: the spine is a small part of a CT.
     """
     out = np.zeros(tuple(int(s) for s in vol.size[::-1]), dtype=owner_kji.dtype)
-    nz = np.nonzero(np.asarray(owner_kji).any(axis=(1, 2)))[0]
-    if nz.size == 0:
+    from scipy.ndimage import find_objects
+
+    spine = find_objects((np.asarray(owner_kji) > 0).view(np.uint8))  # one pass: the vertebrae's box
+    if not spine or spine[0] is None:
         return out
-    lo = np.array([nz[0], *[np.nonzero(owner_kji.any(axis=ax))[0][0] for ax in ((0, 2), (0, 1))]]) - 1
-    hi = np.array([nz[-1], *[np.nonzero(owner_kji.any(axis=ax))[0][-1] for ax in ((0, 2), (0, 1))]]) + 1
+    lo = np.array([s.start for s in spine[0]]) - 1
+    hi = np.array([s.stop - 1 for s in spine[0]]) + 1
     box = input_box(canon, vol, lo, hi)
     if np.any(box[1] <= box[0]):
         return out
