@@ -108,3 +108,22 @@ def test_labeller_fov_cut_is_air_and_empty_mask_outside_the_box():
         assert cut_m[100, 100, 100] and cut_m[tuple((c - FOV_CUT_MM[0] + 1).astype(int))]  # the centre stays
         assert (~cut_m).any()  # at least one axis is cut
     assert m.all() and (ct == 300.0).all()  # inputs untouched
+
+
+def test_segmenter_augment_moves_ct_and_mask_together():
+    import numpy as np
+
+    from training.segmenter import augment
+
+    rng = np.random.default_rng(3)
+    ct = np.full((24, 24, 24), -1000.0, np.float32)
+    ct[8:16, 8:16, 2:8] = 1000.0  # an off-centre block on the left (low i)
+    m = ct > 0
+    aug = {"flip_i_p": 1.0, "thick_slice_p": 1.0, "thick_slice_sigma_vox": [1.0, 1.0],
+           "inplane_blur_p": 0.0, "inplane_sigma_vox": [0.5, 0.5], "noise_p": 0.0, "noise_hu": [5.0, 5.0]}
+    a_ct, a_m = augment(ct, m, rng, aug)
+    assert np.array_equal(a_m, m[:, :, ::-1])  # the target is flipped, never blurred
+    assert a_ct[12, 12, 20] > 500 and a_ct[12, 12, 4] < -500  # the CT flipped with it
+    assert a_ct[7, 12, 20] > -900.0  # thick-slice blur spreads the block along k ...
+    assert np.isclose(a_ct[12, 7, 20], -1000.0)  # ... and not along j
+    assert m[12, 12, 4] and ct[12, 12, 4] == 1000.0  # inputs untouched
