@@ -18,13 +18,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from engine import labels as L
-from engine.chain import ChainParams, end_centres, missed_centres, off_chain
+from engine.chain import ChainParams, close_pairs, end_centres, is_split, missed_centres, off_chain
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
-from engine.segment import SegmentParams, extend, mask_threshold, segment
+from engine.segment import SegmentParams, extend, interface, mask_threshold, merge, segment
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
@@ -272,9 +272,11 @@ class Cascade:
         with clock.stage("segment"):
             seg = segment(self.sessions["segmenter"], iso, centers, self.specs["segmenter"].preprocess, sp,
                           cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
+            seg, n_split = self._merge_splits(seg)
         if seg.dropped:
             warnings.append(f"{len(seg.dropped)} detected centre(s) gave no usable mask and were dropped")
         result.info["merged_duplicates"] = len(seg.merged)
+        result.info["split_merged"] = n_split
         if seg.voxels.size == 0:
             warnings.append("no spine found (no vertebra could be segmented)")
             return self._finish(result, clock)
@@ -293,6 +295,22 @@ class Cascade:
             if info.get("warnings"):
                 warnings.extend(info["warnings"])
         return self._finish(result, clock)
+
+    def _merge_splits(self, seg) -> tuple[Any, int]:
+        """One vertebra segmented as two halves (engine.chain.close_pairs / is_split) becomes one."""
+        p, sp = self.config.chain, self.spacing
+        pairs = close_pairs(seg.centers_kji * sp, p)
+        splits, used = [], set()
+        if pairs:
+            med = float(np.median(seg.voxels)) * sp ** 3
+            for a, b in pairs:
+                if used & {a, b}:
+                    continue
+                face = interface(seg.owner, a, b, seg.boxes[a], seg.boxes[b]) * sp ** 2
+                if is_split(face, seg.voxels[a] * sp ** 3, seg.voxels[b] * sp ** 3, med, p):
+                    splits.append((a, b))
+                    used |= {a, b}
+        return merge(seg, splits), len(splits)
 
     def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
         from engine.label import classify

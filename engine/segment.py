@@ -218,6 +218,53 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
                    recovered=list(range(m0, m0 + len(kept))))
 
 
+def interface(owner, a: int, b: int, box_a, box_b) -> int:
+    """Voxel faces where vertebra a's mask meets vertebra b's (0-based indices; boxes from
+    Segmentation.boxes): counted only inside the union of the two boxes, grown by one voxel."""
+    lo = [max(0, min(x.start, y.start) - 1) for x, y in zip(box_a, box_b)]
+    hi = [min(n, max(x.stop, y.stop) + 1) for n, x, y in zip(owner.shape, box_a, box_b)]
+    v = owner[tuple(slice(l, h) for l, h in zip(lo, hi))]
+    ma, mb = v == a + 1, v == b + 1
+    faces = 0
+    for ax in range(3):
+        n = v.shape[ax]
+        lo_, hi_ = [slice(None)] * 3, [slice(None)] * 3
+        lo_[ax], hi_[ax] = slice(0, n - 1), slice(1, n)
+        lo_, hi_ = tuple(lo_), tuple(hi_)
+        faces += int((ma[lo_] & mb[hi_]).sum()) + int((mb[lo_] & ma[hi_]).sum())
+    return faces
+
+
+def merge(seg: Segmentation, pairs: list[tuple[int, int]]) -> Segmentation:
+    """Merge vertebra b into a for each (a, b) (0-based, disjoint pairs): one mask, its centroid and box;
+    the rest keep their order and are renumbered. b's candidate goes to ``merged``."""
+    if not pairs:
+        return seg
+    xp = get_xp(seg.owner)
+    m = len(seg.voxels)
+    owner = seg.owner
+    into = np.arange(m)
+    for a, b in pairs:
+        into[b] = a
+    keep = np.flatnonzero(into == np.arange(m))
+    new_of = np.zeros(m, dtype=np.int64)
+    new_of[keep] = np.arange(len(keep))
+    lut = np.zeros(m + 1, dtype=np.int64)
+    lut[1:] = new_of[into] + 1
+    owner = xp.asarray(lut.astype(owner.dtype))[owner]
+    vox = np.bincount(into, weights=seg.voxels, minlength=m)[keep].astype(np.int64)
+    ctr = np.stack([np.bincount(into, weights=seg.voxels * seg.centers_kji[:, d], minlength=m)[keep]
+                    for d in range(3)], axis=1) / vox[:, None]
+    boxes = []
+    for j in keep:
+        group = [seg.boxes[i] for i in np.flatnonzero(into == j)]
+        boxes.append(tuple(slice(min(g[d].start for g in group), max(g[d].stop for g in group)) for d in range(3)))
+    merged = list(seg.merged) + [int(seg.source[b]) for _, b in pairs]
+    rec = [int(new_of[i]) for i in seg.recovered if into[i] == i]
+    return replace(seg, owner=owner, centers_kji=ctr, voxels=vox, boxes=boxes, source=np.asarray(seg.source)[keep],
+                   merged=merged, recovered=rec)
+
+
 def _run_rois(session, iso, centers, preprocess, max_batch, paste: Callable[[int, Any, np.ndarray], None],
               progress) -> None:
     """Segment ``centers`` in batches; ``paste(i, prob_128^3, roi_start)`` takes each ROI's output."""

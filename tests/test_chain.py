@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import pipeline_synth as ps
-from engine.chain import ChainParams, end_centres, missed_centres, off_chain
+from engine.chain import ChainParams, close_pairs, end_centres, is_split, missed_centres, off_chain
 from engine.label import decode_labels
 from engine.labels import IDS
 from engine.pipeline import Cascade
 from engine.preprocess import to_canonical
-from engine.segment import extend, segment
+from engine.segment import Segmentation, extend, interface, merge, segment
 
 
 def _chain(steps_mm, bow_j: float = 0.0, bow_i: float = 0.0) -> np.ndarray:
@@ -125,3 +125,45 @@ def test_end_centres_follow_the_chain_into_the_field_of_view():
     assert end_centres(c, [IDS["C1"], IDS["C2"], IDS["C3"]], extent=300)[:, 0].tolist() == [150.0]
     assert end_centres(c, [IDS["L4"], IDS["L5"], IDS["S"]], extent=300)[:, 0].tolist() == [30.0]
     assert end_centres(c[:1], labs[:1], extent=300).shape == (0, 3)
+
+
+def test_close_pairs_flags_only_a_vertebra_seen_twice():
+    assert close_pairs(FULL) == []  # spacing grows smoothly from 16 to 34 mm: no pair is close
+    # L1 seen as two halves: two centres 11 mm apart along i and 8 mm along k where one should be.
+    l1 = 17
+    split = np.concatenate([FULL[:l1], [FULL[l1] + [-4.0, 0.0, -6.0], FULL[l1] + [4.0, 0.0, 6.0]], FULL[l1 + 1:]])
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(split))  # callers' order is theirs: indices refer to it
+    pairs = close_pairs(split[perm])
+    assert [tuple(sorted(perm[list(p)])) for p in pairs] == [(l1, l1 + 1)]
+    assert close_pairs(split, ChainParams(split_ratio=0.0)) == []  # the switch
+    assert close_pairs(split[:3]) == []  # too few spacings for a median
+
+
+def test_is_split_needs_a_cross_section_and_a_vertebra_sized_union():
+    v = 40_000.0  # mm^3: a lumbar vertebra; a cube of it has 1170 mm^2 faces
+    assert is_split(2900.0, 19_000.0, 21_000.0, v)  # the real 3 mm case: halves meeting over 2900 mm^2
+    assert not is_split(300.0, 19_000.0, 21_000.0, v)  # facets only: two vertebrae
+    assert not is_split(2900.0, 40_000.0, 41_000.0, v)  # together twice a vertebra: two vertebrae
+    assert not is_split(750.0, 23_000.0, 40_000.0, 73_000.0)  # a phantom's FOV-cut end piece next to its neighbour
+
+
+def test_interface_and_merge_make_one_vertebra_of_two_halves():
+    owner = np.zeros((30, 20, 20), np.uint8)
+    owner[2:10, 5:15, 4:10] = 1  # vertebra 0
+    owner[14:22, 5:15, 4:10] = 2  # left half of vertebra 1 ...
+    owner[14:22, 5:15, 10:16] = 3  # ... and its right half, meeting over 8 x 10 faces
+    boxes = [(slice(2, 10), slice(5, 15), slice(4, 10)), (slice(14, 22), slice(5, 15), slice(4, 10)),
+             (slice(14, 22), slice(5, 15), slice(10, 16))]
+    vox = np.array([480, 480, 480])
+    ctr = np.array([[5.5, 9.5, 6.5], [17.5, 9.5, 6.5], [17.5, 9.5, 12.5]])
+    seg = Segmentation(owner, ctr, vox, boxes, np.array([0, 1, 2]), recovered=[2])
+    assert interface(owner, 1, 2, boxes[1], boxes[2]) == 80
+    assert interface(owner, 0, 1, boxes[0], boxes[1]) == 0
+    out = merge(seg, [(1, 2)])
+    assert out.owner.max() == 2 and (out.owner == 2).sum() == 960 and (out.owner == 1).sum() == 480
+    assert out.voxels.tolist() == [480, 960]
+    np.testing.assert_allclose(out.centers_kji[1], np.argwhere(out.owner == 2).mean(axis=0))
+    assert out.boxes[1] == (slice(14, 22), slice(5, 15), slice(4, 16))
+    assert out.source.tolist() == [0, 1] and out.merged == [2] and out.recovered == []
+    assert merge(seg, []) is seg

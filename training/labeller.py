@@ -26,6 +26,11 @@ JITTER_MM = 3.0
 # exactly as the runtime pads a small scan with air.
 FOV_CUT_P = 0.3
 FOV_CUT_MM = (30.0, 80.0)
+# The runtime's mask is the segmenter's, not the ground truth: a voxel more or less at the boundary
+# (erosion/dilation with this probability, half each). The CT gets the segmenter's scanner spread
+# (training.segmenter.AUGMENT: thick-slice and in-plane blur, noise), and the patient's mirror image.
+MASK_MORPH_P = 0.3
+FLIP_I_P = 0.5
 
 
 def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict) -> list[Path]:
@@ -63,7 +68,8 @@ def load_vert(p: Path):
 class Samples:
     """All cached vertebrae in memory (small: a few MB each), inputs built on demand."""
 
-    def __init__(self, files: list[Path], pp: dict):
+    def __init__(self, files: list[Path], pp: dict, augment: bool = True):
+        self.augment = augment
         self.items = [load_vert(p) for p in tqdm(files, desc="load", leave=False)]
         self.cut = [it[4] for it in self.items]  # None: cached before the flag existed
         self.pp = pp
@@ -79,7 +85,25 @@ class Samples:
             ct = ct * rng.uniform(0.95, 1.05) + rng.normal(0, 15)
             if rng.uniform() < FOV_CUT_P:
                 ct, m = fov_cut(ct, m, c, rng, float(self.pp["spacing_mm"]))
+            if self.augment:
+                ct, m, c = scanner_and_mask(ct, m, c, rng)
         return labeller_input(m, ct, c, self.pp)
+
+
+def scanner_and_mask(ct: np.ndarray, m: np.ndarray, c: np.ndarray, rng: np.random.Generator):
+    """Mirror (i), scanner spread and a segmenter-like boundary for one sample (see MASK_MORPH_P)."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    from training.segmenter import AUGMENT, augment
+
+    if rng.uniform() < FLIP_I_P:
+        ct, m = ct[:, :, ::-1], m[:, :, ::-1]
+        c = np.array([c[0], c[1], ct.shape[2] - 1 - c[2]], dtype=np.float64)
+    ct, m = augment(ct, m, rng, {**AUGMENT, "flip_i_p": 0.0})
+    r = rng.uniform()
+    if r < MASK_MORPH_P:
+        m = (binary_erosion if r < MASK_MORPH_P / 2 else binary_dilation)(m)
+    return ct, m, c
 
 
 def fov_cut(ct: np.ndarray, m: np.ndarray, c: np.ndarray, rng: np.random.Generator, spacing: float):
@@ -139,7 +163,7 @@ def train(args, log=print) -> dict:
         ids = ids[: args.max_cases]
     tr_ids, va_ids = data.split_ids(ids, args.val_frac)
     work = Path(args.work)
-    tr = Samples(cache_vertebrae(Path(args.data), tr_ids, work / "cache", pp), pp)
+    tr = Samples(cache_vertebrae(Path(args.data), tr_ids, work / "cache", pp), pp, augment=not args.tiny)
     va = Samples(cache_vertebrae(Path(args.data), va_ids, work / "cache", pp), pp)
     classes = sorted(set(tr.labels()))
     if not classes:
@@ -185,6 +209,8 @@ def train(args, log=print) -> dict:
                             "steps_per_epoch": steps, "batch": batch, "optimizer": "AdamW",
                             "lr": lr, "lr_schedule": "cosine to 5%", "jitter_mm": JITTER_MM,
                             "fov_cut": {"p": FOV_CUT_P, "half_width_mm": list(FOV_CUT_MM)},
+                            "augment": None if args.tiny else {"flip_i_p": FLIP_I_P, "mask_morph_p": MASK_MORPH_P,
+                                                               "scanner": "training.segmenter.AUGMENT"},
                             "loss": "cross-entropy (label smoothing 0.05), class-balanced sampling"},
                "device": str(device), "date": export.now_iso(), "wall_time_s": round(time.time() - t0, 1),
                "tiny": bool(args.tiny)}
