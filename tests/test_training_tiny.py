@@ -127,3 +127,25 @@ def test_segmenter_augment_moves_ct_and_mask_together():
     assert a_ct[7, 12, 20] > -900.0  # thick-slice blur spreads the block along k ...
     assert np.isclose(a_ct[12, 7, 20], -1000.0)  # ... and not along j
     assert m[12, 12, 4] and ct[12, 12, 4] == 1000.0  # inputs untouched
+
+
+def test_labeller_mirror_keeps_the_centre_on_the_vertebra():
+    import numpy as np
+
+    from training import labeller
+
+    ct = np.full((20, 20, 30), -1000.0, np.float32)
+    m = np.zeros(ct.shape, dtype=bool)
+    m[8:12, 8:12, 3:9] = True  # a vertebra near low i
+    ct[m] = 800.0
+    c = np.array([9.5, 9.5, 5.5])
+    rng = np.random.default_rng(0)
+    flipped = 0
+    for _ in range(20):
+        a_ct, a_m, a_c = labeller.scanner_and_mask(ct, m, c, rng)
+        assert a_ct.shape == ct.shape and a_m.shape == m.shape
+        # The centre moves with the mirror image: it still lies inside the (possibly eroded) mask's box.
+        idx = np.argwhere(a_m)
+        assert (idx.min(axis=0) - 1 <= a_c).all() and (a_c <= idx.max(axis=0) + 1).all()
+        flipped += a_c[2] > 15
+    assert 0 < flipped < 20  # both mirror images occur
