@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.labels import CRANIOCAUDAL, ORDER_INDEX
+
 
 @dataclass
 class ChainParams:
@@ -109,6 +111,14 @@ def missed_centres(centers: np.ndarray, missed: list[tuple[int, int, list[int]]]
 # Nothing lies above C1 or below the sacrum/coccyx that the cascade should label.
 _NO_ABOVE = (1,)
 _NO_BELOW = (26, 27)
+TRANSITIONAL = (25, 28)  # L6, T13: absent in most spines
+
+
+def _levels_between(a: int, b: int) -> int:
+    """Anatomical steps from level a to level b (>= 1): transitional T13 / L6 count only when named."""
+    ia, ib = sorted((ORDER_INDEX.get(a, 0), ORDER_INDEX.get(b, 0)))
+    between = [lab for lab in CRANIOCAUDAL[ia + 1:ib] if lab not in TRANSITIONAL]
+    return len(between) + 1
 
 
 def end_centres(centers: np.ndarray, labels, extent: int, reach: float = 0.75) -> np.ndarray:
@@ -129,7 +139,8 @@ def end_centres(centers: np.ndarray, labels, extent: int, reach: float = 0.75) -
     for end, prev, bad in ((o[0], o[1], _NO_ABOVE), (o[-1], o[-2], _NO_BELOW)):
         if int(labels[end]) in bad:
             continue
-        step = c[end] - c[prev]
+        # One level's step: the decoder may have named a missed level between the end and its neighbour.
+        step = (c[end] - c[prev]) / _levels_between(int(labels[prev]), int(labels[end]))
         if abs(step[0]) < 1.0:
             continue
         half = reach * abs(step[0])

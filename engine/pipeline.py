@@ -336,7 +336,8 @@ class Cascade:
         m0 = len(seg.voxels)
         if not more.recovered:
             return None
-        probs = np.concatenate([probs, self._classify(more, iso, first=m0)])
+        # Found vertebrae that gave voxels back have new masks: all are scored again then.
+        probs = self._classify(more, iso) if more.reclaimed else np.concatenate([probs, self._classify(more, iso, first=m0)])
         labs, conf, info2 = self._decode(probs, canon.index_to_lps(more.centers_kji))
         info2["warnings"] = [f"{len(more.recovered)} vertebra(e) missed by the detector found by the chain logic "
                              f"(a gap in the label sequence, or cut by the field of view at an end)"] + info2["warnings"]

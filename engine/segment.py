@@ -24,6 +24,9 @@ class SegmentParams:
     # Two centres inside one vertebra (a cluster split in two) segment the same bone: a new mask that
     # overlaps a pasted one by more than this fraction of the smaller is merged into it.
     duplicate_overlap: float = 0.5
+    # ``extend``: a recovery ROI takes a found vertebra's voxel only where its probability is at least
+    # this much higher than the found one's (so a ROI landing on a found vertebra takes little of it).
+    reclaim_margin: float = 0.1
 
 
 @dataclass
@@ -38,18 +41,19 @@ class Segmentation:
     dropped: list[int] = field(default_factory=list)  # candidate indices whose mask was empty/too small
     merged: list[int] = field(default_factory=list)  # candidate indices merged into an earlier vertebra
     recovered: list[int] = field(default_factory=list)  # vertebrae added by ``extend`` (missed by detection)
+    reclaimed: list[int] = field(default_factory=list)  # found vertebrae that gave voxels back in ``extend``
     # [k, j, i] uint8 max probability x 255 (0 outside the kept vertebrae): the masks' sub-voxel boundary
     # when they are resampled to the input grid (engine.preprocess.masks_to_input).
     prob: Any = None
 
 
 def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | None = None,
-           dup_overlap: float = 0.0, new_only: bool = False) -> int:
+           dup_overlap: float = 0.0) -> int:
     """Paste one ROI's probabilities: voxels above ``thr`` and above the best so far take ``label``.
 
     With ``dup_overlap`` > 0, a mask that overlaps an already pasted vertebra by more than that fraction
     of the smaller of the two is the same vertebra seen from a second (duplicate) centre: it is merged
-    into that vertebra's label instead, or, with ``new_only``, not pasted at all (returns -1). ``sizes``
+    into that vertebra's label instead. ``sizes``
     (label -> mask voxels) is kept up to date. Returns the label used (0 if nothing was pasted).
     """
     r = np.asarray(prob.shape)
@@ -70,8 +74,6 @@ def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | N
         hits[0] = 0
         j = int(np.argmax(hits))
         if hits[j] > dup_overlap * min(n_new, sizes.get(j, n_new)):
-            if new_only:
-                return -1
             label = j
     if sizes is not None:
         sizes[label] = sizes.get(label, 0) + n_new
@@ -158,17 +160,20 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
            params: SegmentParams | None = None, max_batch: int | None = None) -> Segmentation:
     """Segment more centres (e.g. where a vertebra was missed) into a finished Segmentation.
 
-    Each new mask takes only unclaimed voxels, and is kept only as a NEW vertebra: one that overlaps a
-    found vertebra by more than ``duplicate_overlap`` (it landed on that vertebra) is discarded, and so
-    is one under ``min_volume_mm3``. Found vertebrae keep their numbers, masks and centres; kept ones
-    are numbered after them and listed in ``recovered`` (vertebra indices); ``source`` gives them
-    -(1 + index into ``centers_kji``). All work stays inside each proposal's ROI window: the volume is
-    only copied, never swept.
+    Each new mask takes the unclaimed voxels above threshold and, where a found vertebra holds a voxel
+    with a probability at least ``reclaim_margin`` below the new ROI's, that voxel too: a found mask that
+    swallowed its missed neighbour (an L5 grown into the sacrum, a C7 into T1) gives the part back. It is
+    kept only as a NEW vertebra: one that wins less than half of what it sees above threshold, or would
+    take more than ``duplicate_overlap`` of a found vertebra, landed on that vertebra and is discarded,
+    and so is one under ``min_volume_mm3``. Found vertebrae keep their numbers (their voxel counts and
+    centres follow what they gave back; ``reclaimed`` lists them); kept ones are numbered after them and
+    listed in ``recovered`` (vertebra indices); ``source`` gives them -(1 + index into ``centers_kji``).
+    All work stays inside each proposal's ROI window: the volume is only copied, never swept.
     """
     p = params or SegmentParams()
     xp = get_xp(iso)
-    centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
-    m0, e = len(seg.voxels), centers.shape[0]
+    proposals = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
+    m0, e = len(seg.voxels), proposals.shape[0]
     if e == 0:
         return seg
     owner = seg.owner.astype(xp.uint16) if m0 + e >= np.iinfo(seg.owner.dtype).max else seg.owner.copy()
@@ -176,6 +181,8 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     thr, r = mask_threshold(p, preprocess), int(preprocess["roi"])
     min_vox = max(1.0, p.min_volume_mm3 / spacing ** 3)
     sizes = {j + 1: int(v) for j, v in enumerate(seg.voxels)}
+    centers, voxels = seg.centers_kji.astype(np.float64).copy(), seg.voxels.astype(np.int64).copy()
+    reclaimed: set[int] = set()
     kept: list[tuple[np.ndarray, int, tuple[slice, slice, slice], int]] = []  # centre, voxels, box, source
 
     def paste(i: int, roi_prob, start: np.ndarray) -> None:
@@ -186,33 +193,61 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         win = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         ow, pw = owner[win], prob[win]  # views: pasting writes through
         found = ow > 0
-        # Found voxels hold probability 2 here: a new ROI (p <= 1) can never take them over.
-        best = xp.where(found, xp.float32(2.0), pw.astype(xp.float32) / 255.0)
+        best = pw.astype(xp.float32) / 255.0
+        best = xp.where(found, best + xp.float32(p.reclaim_margin), best)
+        pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
+        above = pr > thr
+        take = above & (pr > best)
+        n_above, n_take = int(above.sum()), int(take.sum())
+        if n_take == 0 or n_take < 0.5 * n_above:
+            return  # mostly a found vertebra seen again
+        given = xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=m0 + 1)
+        given[0] = 0
+        given = to_numpy(given)
+        if any(int(g) > p.duplicate_overlap * sizes.get(j, 0) for j, g in enumerate(given) if j and g):
+            return  # it would take over most of a found vertebra: it is that vertebra
+        old = ow.copy()
         label = m0 + len(kept) + 1
-        if _paste(ow, best, roi_prob, start - lo, label, thr, xp, sizes, p.duplicate_overlap, new_only=True) != label:
+        if _paste(ow, best, roi_prob, start - lo, label, thr, xp) != label:
             return
         box = _find_boxes(ow, label)[label - 1]
         if p.largest_component:
             _keep_largest(ow, [None] * (label - 1) + [box], xp)
+            back = (ow == 0) & (old > 0)  # pieces cut off the new mask return to their found vertebra
+            ow[back] = old[back]
         mask = ow == label
         cnt = int(mask.sum())
         if cnt < min_vox:
-            ow[mask] = 0
-            sizes.pop(label, None)
+            ow[...] = old  # found vertebrae get back what it took
             return
+        # Voxels given back by found vertebrae: their counts and centroids follow (boxes stay supersets).
+        lost = mask & (old > 0)
+        if bool(lost.any()):
+            idx = xp.nonzero(lost)
+            who = old[idx].astype(xp.int64) - 1
+            n_lost = to_numpy(xp.bincount(who, minlength=m0))
+            s_lost = np.stack([to_numpy(xp.bincount(who, weights=c.astype(xp.float64) + float(o), minlength=m0))
+                               for c, o in zip(idx, lo)], axis=1)
+            for j in np.flatnonzero(n_lost):
+                v = voxels[j]
+                centers[j] = (centers[j] * v - s_lost[j]) / max(v - n_lost[j], 1)
+                voxels[j] = v - n_lost[j]
+                sizes[j + 1] = int(voxels[j])
+                reclaimed.add(int(j))
+        sizes[label] = cnt
         new = xp.clip(best * 255.0 + 0.5, 0, 255).astype(xp.uint8)
         new[(ow == 0) & (best > thr) & ~found] = 0  # removed fragments must not come back (see _finish)
-        pw[...] = xp.where(found, pw, new)
+        pw[...] = xp.where(found & ~mask, pw, new)
         ctr = to_numpy(xp.stack([c.astype(xp.float64).mean() for c in xp.nonzero(mask)])) + lo
         box = tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(_find_boxes(ow, label)[label - 1], lo))
         kept.append((ctr, cnt, box, -1 - i))
 
-    _run_rois(session, iso, centers, preprocess, max_batch, paste, None)
+    _run_rois(session, iso, proposals, preprocess, max_batch, paste, None)
     if not kept:
         return replace(seg, owner=owner, prob=prob, recovered=[])
-    return replace(seg, owner=owner, prob=prob,
-                   centers_kji=np.concatenate([seg.centers_kji, np.stack([k[0] for k in kept])]),
-                   voxels=np.concatenate([seg.voxels, np.asarray([k[1] for k in kept], dtype=np.int64)]),
+    return replace(seg, owner=owner, prob=prob, reclaimed=sorted(reclaimed),
+                   centers_kji=np.concatenate([centers, np.stack([k[0] for k in kept])]),
+                   voxels=np.concatenate([voxels, np.asarray([k[1] for k in kept], dtype=np.int64)]),
                    boxes=list(seg.boxes) + [k[2] for k in kept],
                    source=np.concatenate([seg.source, np.asarray([k[3] for k in kept], dtype=np.int64)]),
                    recovered=list(range(m0, m0 + len(kept))))

@@ -103,6 +103,46 @@ def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
     np.testing.assert_array_equal(same.owner, owner_before)
 
 
+def test_extend_reclaims_a_missed_vertebra_a_found_mask_swallowed(synth):
+    from dataclasses import replace
+
+    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
+    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
+    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
+    o = np.argsort(full.centers_kji[:, 0])
+    a, b = int(o[1]), int(o[2])  # b's mask swallowed by its neighbour a, less confidently than a's own
+    owner, prob = full.owner.copy(), full.prob.copy()
+    swallowed = owner == b + 1
+    owner[swallowed] = a + 1
+    prob[swallowed] = np.minimum(prob[swallowed], 150)  # ~0.59
+    keep = [j for j in range(5) if j != b]
+    lut = np.zeros(6, dtype=owner.dtype)
+    lut[[j + 1 for j in keep]] = np.arange(1, 5)
+    owner = lut[owner]
+    ia = keep.index(a)
+    vox = full.voxels[keep].copy()
+    vox[ia] += full.voxels[b]
+    ctr = full.centers_kji[keep].copy()
+    ctr[ia] = np.argwhere(owner == ia + 1).mean(axis=0)
+    four = replace(full, owner=owner, prob=prob, centers_kji=ctr, voxels=vox, boxes=[full.boxes[j] for j in keep],
+                   source=full.source[keep])
+    more = extend(four, sess, canon.array, full.centers_kji[b:b + 1] + 1.0, pp, 1.0)
+    assert more.recovered == [4] and more.reclaimed == [ia]
+    got_b, got_a = more.owner == 5, more.owner == ia + 1
+    assert not (got_b & ~(full.owner == b + 1)).any()  # b takes nothing but b ...
+    assert got_b.sum() >= 0.6 * full.voxels[b]  # ... and gets most of it back (where it is clearly surer)
+    assert (got_a >= (full.owner == a + 1)).all()  # a keeps all of its own
+    # Book-keeping follows the masks: counts and centroids of the found and the recovered vertebra.
+    assert more.voxels[ia] == got_a.sum() and more.voxels[4] == got_b.sum()
+    np.testing.assert_allclose(more.centers_kji[ia], np.argwhere(got_a).mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(more.centers_kji[4], np.argwhere(got_b).mean(axis=0), atol=1e-6)
+    # Where the found mask holds the voxels as confidently as the new ROI, nothing is taken.
+    sure = replace(four, prob=np.where(owner > 0, np.uint8(255), four.prob))
+    same = extend(sure, sess, canon.array, full.centers_kji[b:b + 1] + 1.0, pp, 1.0)
+    assert same.recovered == [] and same.reclaimed == []
+    np.testing.assert_array_equal(same.owner, owner)
+
+
 def _block_centres(canon) -> np.ndarray:
     from scipy import ndimage as ndi
 
