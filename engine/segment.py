@@ -163,9 +163,9 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     Each new mask takes the unclaimed voxels above threshold and, where a found vertebra holds a voxel
     with a probability at least ``reclaim_margin`` below the new ROI's, that voxel too: a found mask that
     swallowed its missed neighbour (an L5 grown into the sacrum, a C7 into T1) gives the part back. It is
-    kept only as a NEW vertebra: one that wins less than half of what it sees above threshold, or would
-    take more than ``duplicate_overlap`` of a found vertebra, landed on that vertebra and is discarded,
-    and so is one under ``min_volume_mm3``. Found vertebrae keep their numbers (their voxel counts and
+    kept only as a NEW vertebra: one that sees above threshold more than ``duplicate_overlap`` (of the
+    smaller of the two) of a found vertebra that holds those voxels surely, or would take more than that
+    fraction of one, landed on that vertebra and is discarded, and so is one under ``min_volume_mm3``. Found vertebrae keep their numbers (their voxel counts and
     centres follow what they gave back; ``reclaimed`` lists them); kept ones are numbered after them and
     listed in ``recovered`` (vertebra indices); ``source`` gives them -(1 + index into ``centers_kji``).
     All work stays inside each proposal's ROI window: the volume is only copied, never swept.
@@ -198,14 +198,17 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
         above = pr > thr
         take = above & (pr > best)
-        n_above, n_take = int(above.sum()), int(take.sum())
-        if n_take == 0 or n_take < 0.5 * n_above:
-            return  # mostly a found vertebra seen again
-        given = xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=m0 + 1)
-        given[0] = 0
-        given = to_numpy(given)
-        if any(int(g) > p.duplicate_overlap * sizes.get(j, 0) for j, g in enumerate(given) if j and g):
-            return  # it would take over most of a found vertebra: it is that vertebra
+        n_above = int(above.sum())
+        if not bool(take.any()):
+            return
+        given = to_numpy(xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=m0 + 1))
+        kept_by = to_numpy(xp.bincount(ow[above & ~take].astype(xp.int64).ravel(), minlength=m0 + 1))
+        for j in np.flatnonzero(given[1:] + kept_by[1:]) + 1:
+            size = sizes.get(int(j), 0)
+            # It sees much of a found vertebra that holds those voxels surely, or it would take most of
+            # one: either way it landed on that vertebra.
+            if kept_by[j] > p.duplicate_overlap * min(n_above, size) or given[j] > p.duplicate_overlap * size:
+                return
         old = ow.copy()
         label = m0 + len(kept) + 1
         if _paste(ow, best, roi_prob, start - lo, label, thr, xp) != label:
