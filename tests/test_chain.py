@@ -165,6 +165,12 @@ def test_end_centres_follow_the_chain_into_the_field_of_view():
     assert end_centres(c, [IDS["C1"], IDS["C2"], IDS["C3"]], extent=300)[:, 0].tolist() == [150.0]
     assert end_centres(c, [IDS["L4"], IDS["L5"], IDS["S"]], extent=300)[:, 0].tolist() == [30.0]
     assert end_centres(c[:1], labs[:1], extent=300).shape == (0, 3)
+    # The decoder named a missed level between the end and its neighbour (T9, [T10], T11): one level's
+    # step is half their distance. T8 then reaches [-32.5, 12.5] -> slab centre 6.25 (with the whole
+    # distance as the step it would be [-85, 5] -> 2.5).
+    gap = np.array([[20.0, 50, 60], [80.0, 56, 60], [110.0, 62, 60]])
+    out = end_centres(gap, [IDS["T9"], IDS["T11"], IDS["T12"]], extent=300, reach=0.75)
+    assert out[:, 0].tolist() == [6.25, 140.0]
 
 
 def test_close_pairs_flags_only_a_vertebra_seen_twice():
