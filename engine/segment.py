@@ -165,9 +165,10 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     swallowed its missed neighbour (an L5 grown into the sacrum, a C7 into T1) gives the part back. It is
     kept only as a NEW vertebra: one that sees above threshold more than ``duplicate_overlap`` (of the
     smaller of the two) of a found vertebra that holds those voxels surely, or would take more than that
-    fraction of one, landed on that vertebra and is discarded, and so is one under ``min_volume_mm3``. Found vertebrae keep their numbers (their voxel counts and
-    centres follow what they gave back; ``reclaimed`` lists them); kept ones are numbered after them and
-    listed in ``recovered`` (vertebra indices); ``source`` gives them -(1 + index into ``centers_kji``).
+    fraction of one, landed on that vertebra and is discarded, and so is one under ``min_volume_mm3``.
+    Found vertebrae keep their numbers (their voxel counts and centres follow what they gave back;
+    ``reclaimed`` lists them); kept ones are numbered after them and listed in ``recovered`` (vertebra
+    indices); ``source`` gives them -(1 + index into ``centers_kji``).
     All work stays inside each proposal's ROI window: the volume is only copied, never swept.
     """
     p = params or SegmentParams()
@@ -198,17 +199,8 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
         above = pr > thr
         take = above & (pr > best)
-        n_above = int(above.sum())
-        if not bool(take.any()):
+        if not bool(take.any()) or _lands_on_found(ow, above, take, sizes, m0, p.duplicate_overlap, xp):
             return
-        given = to_numpy(xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=m0 + 1))
-        kept_by = to_numpy(xp.bincount(ow[above & ~take].astype(xp.int64).ravel(), minlength=m0 + 1))
-        for j in np.flatnonzero(given[1:] + kept_by[1:]) + 1:
-            size = sizes.get(int(j), 0)
-            # It sees much of a found vertebra that holds those voxels surely, or it would take most of
-            # one: either way it landed on that vertebra.
-            if kept_by[j] > p.duplicate_overlap * min(n_above, size) or given[j] > p.duplicate_overlap * size:
-                return
         old = ow.copy()
         label = m0 + len(kept) + 1
         if _paste(ow, best, roi_prob, start - lo, label, thr, xp) != label:
@@ -223,20 +215,7 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         if cnt < min_vox:
             ow[...] = old  # found vertebrae get back what it took
             return
-        # Voxels given back by found vertebrae: their counts and centroids follow (boxes stay supersets).
-        lost = mask & (old > 0)
-        if bool(lost.any()):
-            idx = xp.nonzero(lost)
-            who = old[idx].astype(xp.int64) - 1
-            n_lost = to_numpy(xp.bincount(who, minlength=m0))
-            s_lost = np.stack([to_numpy(xp.bincount(who, weights=c.astype(xp.float64) + float(o), minlength=m0))
-                               for c, o in zip(idx, lo)], axis=1)
-            for j in np.flatnonzero(n_lost):
-                v = voxels[j]
-                centers[j] = (centers[j] * v - s_lost[j]) / max(v - n_lost[j], 1)
-                voxels[j] = v - n_lost[j]
-                sizes[j + 1] = int(voxels[j])
-                reclaimed.add(int(j))
+        reclaimed.update(_give_back(old, mask, lo, centers, voxels, sizes, xp))
         sizes[label] = cnt
         new = xp.clip(best * 255.0 + 0.5, 0, 255).astype(xp.uint8)
         new[(ow == 0) & (best > thr) & ~found] = 0  # removed fragments must not come back (see _finish)
@@ -301,6 +280,42 @@ def merge(seg: Segmentation, pairs: list[tuple[int, int]]) -> Segmentation:
     rec = [int(new_of[i]) for i in seg.recovered if into[i] == i]
     return replace(seg, owner=owner, centers_kji=ctr, voxels=vox, boxes=boxes, source=np.asarray(seg.source)[keep],
                    merged=merged, recovered=rec)
+
+
+def _lands_on_found(ow, above, take, sizes: dict, m0: int, overlap: float, xp) -> bool:
+    """Whether a recovery ROI landed on a found vertebra: it sees above threshold more than ``overlap``
+    (of the smaller of the two) of one that holds those voxels surely, or would take more than that
+    fraction of one."""
+    given = to_numpy(xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=m0 + 1))
+    kept_by = to_numpy(xp.bincount(ow[above & ~take].astype(xp.int64).ravel(), minlength=m0 + 1))
+    n_above = int(above.sum())
+    for j in np.flatnonzero(given[1:] + kept_by[1:]) + 1:
+        size = sizes.get(int(j), 0)
+        if kept_by[j] > overlap * min(n_above, size) or given[j] > overlap * size:
+            return True
+    return False
+
+
+def _give_back(old, mask, lo, centers: np.ndarray, voxels: np.ndarray, sizes: dict, xp) -> set[int]:
+    """In place: found vertebrae whose voxels (``old`` labels inside a window at ``lo``) a new ``mask``
+    took lose them from their counts and centroids (boxes stay supersets). Returns their indices."""
+    lost = mask & (old > 0)
+    if not bool(lost.any()):
+        return set()
+    m0 = len(voxels)
+    idx = xp.nonzero(lost)
+    who = old[idx].astype(xp.int64) - 1
+    n_lost = to_numpy(xp.bincount(who, minlength=m0))
+    s_lost = np.stack([to_numpy(xp.bincount(who, weights=c.astype(xp.float64) + float(o), minlength=m0))
+                       for c, o in zip(idx, lo)], axis=1)
+    out = set()
+    for j in np.flatnonzero(n_lost):
+        v = voxels[j]
+        centers[j] = (centers[j] * v - s_lost[j]) / max(v - n_lost[j], 1)
+        voxels[j] = v - n_lost[j]
+        sizes[j + 1] = int(voxels[j])
+        out.add(int(j))
+    return out
 
 
 def _run_rois(session, iso, centers, preprocess, max_batch, paste: Callable[[int, Any, np.ndarray], None],
