@@ -326,13 +326,14 @@ class Cascade:
         props = [missed_centres(seg.centers_kji, info["missed"])]
         if cfg.chain.ends:
             props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach))
+        partial = np.concatenate([np.zeros(len(props[0]), bool)] + [np.ones(len(q), bool) for q in props[1:]])
         props = np.concatenate(props)
         if not len(props):
             return None
         # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
         params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
         more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
-                      self.spacing, params, max_batch=cfg.max_batch.get("segmenter"))
+                      self.spacing, params, max_batch=cfg.max_batch.get("segmenter"), partial=partial)
         m0 = len(seg.voxels)
         if not more.recovered:
             return None

@@ -7,7 +7,7 @@ resolved by probability: a running max-probability volume remembers the best ROI
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -157,7 +157,8 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
 
 
 def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
-           params: SegmentParams | None = None, max_batch: int | None = None) -> Segmentation:
+           params: SegmentParams | None = None, max_batch: int | None = None,
+           partial: Sequence[bool] | None = None) -> Segmentation:
     """Segment more centres (e.g. where a vertebra was missed) into a finished Segmentation.
 
     Each new mask takes the unclaimed voxels above threshold and, where a found vertebra holds a voxel
@@ -170,6 +171,11 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     ``reclaimed`` lists them); kept ones are numbered after them and listed in ``recovered`` (vertebra
     indices); ``source`` gives them -(1 + index into ``centers_kji``).
     All work stays inside each proposal's ROI window: the volume is only copied, never swept.
+
+    ``partial`` marks proposals for a vertebra cut by the field of view (beyond a chain end). Centred on
+    a thin slab of bone at the edge, the segmenter mostly segments the whole neighbour it was found
+    from; such a proposal that lands on a found vertebra keeps the unclaimed voxels alone, when they
+    lie nearer its centre than that vertebra's (the slab beyond the found end).
     """
     p = params or SegmentParams()
     xp = get_xp(iso)
@@ -199,8 +205,15 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
         above = pr > thr
         take = above & (pr > best)
-        if not bool(take.any()) or _lands_on_found(ow, above, take, sizes, m0, p.duplicate_overlap, xp):
+        if not bool(take.any()):
             return
+        if _lands_on_found(ow, above, take, sizes, m0, p.duplicate_overlap, xp):
+            if not (partial is not None and partial[i]):
+                return
+            take = above & ~found
+            if not bool(take.any()) or not _beyond(take, lo, proposals[i], centers, ow[above & found], xp):
+                return
+            best = xp.where(found, xp.float32(2.0), best)  # the found vertebrae keep all of theirs
         old = ow.copy()
         label = m0 + len(kept) + 1
         if _paste(ow, best, roi_prob, start - lo, label, thr, xp) != label:
@@ -294,6 +307,14 @@ def _lands_on_found(ow, above, take, sizes: dict, m0: int, overlap: float, xp) -
         if kept_by[j] > overlap * min(n_above, size) or given[j] > overlap * size:
             return True
     return False
+
+
+def _beyond(take, lo, centre: np.ndarray, centers: np.ndarray, seen_labels, xp) -> bool:
+    """Whether the voxels ``take`` (window at ``lo``) lie nearer the proposal's ``centre`` than the
+    centre of the found vertebra the proposal mostly saw (``seen_labels``: its labels under the ROI)."""
+    j = int(np.argmax(to_numpy(xp.bincount(seen_labels.astype(xp.int64).ravel())))) - 1
+    c = to_numpy(xp.stack([x.astype(xp.float64).mean() for x in xp.nonzero(take)])) + lo
+    return j < 0 or float(np.linalg.norm(c - centre)) < float(np.linalg.norm(c - centers[j]))
 
 
 def _give_back(old, mask, lo, centers: np.ndarray, voxels: np.ndarray, sizes: dict, xp) -> set[int]:

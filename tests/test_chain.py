@@ -143,6 +143,31 @@ def test_extend_reclaims_a_missed_vertebra_a_found_mask_swallowed(synth):
     np.testing.assert_array_equal(same.owner, owner)
 
 
+def test_extend_keeps_the_cut_slab_beyond_a_chain_end_only_for_partial_proposals(synth):
+    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
+    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
+    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
+    o = np.argsort(full.centers_kji[:, 0])
+    top, nxt = int(o[0]), int(o[1])
+    four = segment(sess, canon.array, full.centers_kji[o[1:]], pp, 1.0)  # the top block was never found
+    found_top = int(np.argmin(four.centers_kji[:, 0]))
+    # A proposal past the found end, but mostly over the found block (as the segmenter sees a thin slab
+    # at the field of view's edge): it lands on that block.
+    gap = full.centers_kji[nxt] - full.centers_kji[top]
+    guess = full.centers_kji[nxt:nxt + 1] - 0.6 * gap
+    plain = extend(four, sess, canon.array, guess, pp, 1.0)
+    assert plain.recovered == []
+    cut = extend(four, sess, canon.array, guess, pp, 1.0, partial=[True])
+    assert cut.recovered == [4]
+    new = cut.owner == 5
+    assert not (new & (full.owner != top + 1)).any()  # only the missing block's voxels ...
+    np.testing.assert_array_equal(cut.owner[four.owner > 0], four.owner[four.owner > 0])  # ... none of the found
+    np.testing.assert_array_equal(cut.centers_kji[found_top], four.centers_kji[found_top])
+    # Nothing unclaimed beyond the end: still nothing.
+    none = extend(full, sess, canon.array, full.centers_kji[nxt:nxt + 1] - 0.2 * gap, pp, 1.0, partial=[True])
+    assert none.recovered == []
+
+
 def _block_centres(canon) -> np.ndarray:
     from scipy import ndimage as ndi
 
