@@ -80,11 +80,8 @@ def synth(tmp_path_factory):
 
 
 def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
-    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
-    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
-    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
+    canon, sess, pp, full, order = _five_blocks(synth)
     assert len(full.voxels) == 5
-    order = np.argsort(full.centers_kji[:, 0])
     four = segment(sess, canon.array, np.delete(full.centers_kji[order], 2, axis=0), pp, 1.0)
     assert len(four.voxels) == 4
     owner_before = four.owner.copy()
@@ -106,10 +103,7 @@ def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
 def test_extend_reclaims_a_missed_vertebra_a_found_mask_swallowed(synth):
     from dataclasses import replace
 
-    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
-    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
-    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
-    o = np.argsort(full.centers_kji[:, 0])
+    canon, sess, pp, full, o = _five_blocks(synth)
     a, b = int(o[1]), int(o[2])  # b's mask swallowed by its neighbour a, less confidently than a's own
     owner, prob = full.owner.copy(), full.prob.copy()
     swallowed = owner == b + 1
@@ -144,10 +138,7 @@ def test_extend_reclaims_a_missed_vertebra_a_found_mask_swallowed(synth):
 
 
 def test_extend_keeps_the_cut_slab_beyond_a_chain_end_only_for_partial_proposals(synth):
-    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
-    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
-    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
-    o = np.argsort(full.centers_kji[:, 0])
+    canon, sess, pp, full, o = _five_blocks(synth)
     top, nxt = int(o[0]), int(o[1])
     four = segment(sess, canon.array, full.centers_kji[o[1:]], pp, 1.0)  # the top block was never found
     found_top = int(np.argmin(four.centers_kji[:, 0]))
@@ -166,6 +157,15 @@ def test_extend_keeps_the_cut_slab_beyond_a_chain_end_only_for_partial_proposals
     # Nothing unclaimed beyond the end: still nothing.
     none = extend(full, sess, canon.array, full.centers_kji[nxt:nxt + 1] - 0.2 * gap, pp, 1.0, partial=[True])
     assert none.recovered == []
+
+
+def _five_blocks(synth):
+    """Five bone blocks segmented by the synthetic segmenter: (canon, session, preprocess, the
+    Segmentation, its vertebrae ordered top to bottom)."""
+    canon = to_canonical(ps.make_ct(n_vert=5), 1.0)
+    sess, pp = synth.sessions["segmenter"], synth.specs["segmenter"].preprocess
+    full = segment(sess, canon.array, _block_centres(canon), pp, 1.0)
+    return canon, sess, pp, full, np.argsort(full.centers_kji[:, 0])
 
 
 def _block_centres(canon) -> np.ndarray:
