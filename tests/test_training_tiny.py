@@ -1,6 +1,5 @@
 """`spinert train ... --tiny` runs end to end on two small synthetic cases: cache, train, checkpoint,
 resume, validate, export (fp32 + fp16), parity, manifest + model card."""
-import json
 import sys
 from pathlib import Path
 
