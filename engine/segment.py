@@ -53,8 +53,7 @@ def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | N
 
     With ``dup_overlap`` > 0, a mask that overlaps an already pasted vertebra by more than that fraction
     of the smaller of the two is the same vertebra seen from a second (duplicate) centre: it is merged
-    into that vertebra's label instead. ``sizes``
-    (label -> mask voxels) is kept up to date. Returns the label used (0 if nothing was pasted).
+    into that vertebra's label instead. ``sizes`` (label -> mask voxels) is kept up to date. Returns the label used (0 if nothing was pasted).
     """
     r = np.asarray(prob.shape)
     lo = np.maximum(start, 0)
@@ -233,7 +232,7 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         new = xp.clip(best * 255.0 + 0.5, 0, 255).astype(xp.uint8)
         new[(ow == 0) & (best > thr) & ~found] = 0  # removed fragments must not come back (see _finish)
         pw[...] = xp.where(found & ~mask, pw, new)
-        ctr = to_numpy(xp.stack([c.astype(xp.float64).mean() for c in xp.nonzero(mask)])) + lo
+        ctr = _centroid(mask, lo, xp)
         box = tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(_find_boxes(ow, label)[label - 1], lo))
         kept.append((ctr, cnt, box, -1 - i))
 
@@ -312,9 +311,14 @@ def _lands_on_found(ow, above, take, sizes: dict, m0: int, overlap: float, xp) -
 def _beyond(take, lo, centre: np.ndarray, centers: np.ndarray, seen_labels, xp) -> bool:
     """Whether the voxels ``take`` (window at ``lo``) lie nearer the proposal's ``centre`` than the
     centre of the found vertebra the proposal mostly saw (``seen_labels``: its labels under the ROI)."""
-    j = int(np.argmax(to_numpy(xp.bincount(seen_labels.astype(xp.int64).ravel())))) - 1
-    c = to_numpy(xp.stack([x.astype(xp.float64).mean() for x in xp.nonzero(take)])) + lo
-    return j < 0 or float(np.linalg.norm(c - centre)) < float(np.linalg.norm(c - centers[j]))
+    j = int(np.argmax(to_numpy(xp.bincount(seen_labels.astype(xp.int64).ravel())))) - 1  # labels are >= 1
+    c = _centroid(take, lo, xp)
+    return float(np.linalg.norm(c - centre)) < float(np.linalg.norm(c - centers[j]))
+
+
+def _centroid(mask, lo, xp) -> np.ndarray:
+    """(k, j, i) centroid on the host of a non-empty ``mask`` cut from the volume at ``lo``."""
+    return to_numpy(xp.stack([c.astype(xp.float64).mean() for c in xp.nonzero(mask)])) + lo
 
 
 def _give_back(old, mask, lo, centers: np.ndarray, voxels: np.ndarray, sizes: dict, xp) -> set[int]:
