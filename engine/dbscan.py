@@ -333,9 +333,9 @@ def _sweep(X: np.ndarray, eps: float) -> _Sweep:
         y += (Q + 1) + nb  # key = (cell + 1) * nb + bin + Q + 1: every lookup below stays in [0, size]
         y += cell * nb
         key = y.astype(np.uint16)
-        order = np.argsort(key, kind="stable")  # radix sort
+        order = key.argsort(kind="stable")  # radix sort
         table = np.zeros(size + 1, dtype=np.intp)  # table[v]: number of keys < v
-        np.cumsum(np.bincount(key, minlength=size), out=table[1:])
+        np.add.accumulate(np.bincount(key, minlength=size), out=table[1:])
         ks = key[order].astype(np.intp)
         w = table[ks + np.array([[Q + 1], [nb - Q], [nb + Q + 1]])]
 
@@ -349,7 +349,7 @@ def _sweep(X: np.ndarray, eps: float) -> _Sweep:
     stride = spread[b] + 4.0 * eps + 1.0  # cells never overlap in key space
     key = cell * stride
     key += Xt[b]
-    order = np.argsort(key)
+    order = key.argsort()
     ks = key[order]
     slack = eps * 1e-6 + 1e-9 * max(abs(float(ks[0])), abs(float(ks[-1]))) + 1e-300
     w = np.searchsorted(ks, (ks + np.array([[eps + slack], [stride - eps - slack], [stride + eps + slack]])).ravel(),
@@ -383,14 +383,14 @@ def _window_pairs(Xs: np.ndarray, rows, windows, r2: float):
     per_row = cnt[:, 0].copy()
     for w in range(1, nw):
         per_row += cnt[:, w]
-    cum = np.cumsum(per_row)
+    cum = np.add.accumulate(per_row)
     total = int(cum[-1]) if m else 0
     if total == 0:
         z = np.zeros(0, dtype=np.intp)
         return z, z
     cnt = cnt.ravel()
     off = lo.ravel()  # candidate k (numbered over all windows) of window v is off[v] + k
-    off -= np.cumsum(cnt)
+    off -= np.add.accumulate(cnt)
     off += cnt
     if total <= _BLOCK:
         blocks = [(0, m)]
@@ -452,8 +452,8 @@ def _runs(adj: np.ndarray, core: np.ndarray):
     link[-1] = False
     rid = np.empty(n, dtype=np.intp)
     rid[0] = 0
-    np.cumsum(~link[:-1], out=rid[1:])
-    end = np.flatnonzero(~link)
+    np.add.accumulate(~link[:-1], out=rid[1:], dtype=np.intp)
+    end = (~link).nonzero()[0]
     end += 1
     return rid, end[rid], int(rid[-1]) + 1
 
@@ -512,7 +512,7 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
         counts = np.bincount(p, minlength=n)
         counts += np.bincount(q, minlength=n)
         core = counts >= need
-        if not core.any():
+        if not np.count_nonzero(core):
             return np.full(n, NOISE, dtype=np.int64), np.zeros(0, dtype=np.int64)
         adj = np.zeros(n, dtype=bool)
         adj[p[q == p + 1]] = True
@@ -528,7 +528,7 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
         # Sure cores from the band; exact counts (both directions) only for the rest, U.
         counts, adj = _band(sw.Xs, r2, min(max(_BAND, need), 128))  # K >= need: a dense point can pass
         core = np.ones(n, dtype=bool)
-        U = np.flatnonzero(counts < need)
+        U = (counts < need).nonzero()[0]
         border = owner = None
         if U.shape[0]:
             prev, hi_prev, before = sw.back(U)  # previous cell; own cell, before U
@@ -543,7 +543,7 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
         rid, run_end, nruns = _runs(adj, core)
         # Core-core edges between runs: for a core point, the candidates past the end of its run
         # (a suffix of each window: positions grow along windows).
-        C = np.flatnonzero(core)
+        C = core.nonzero()[0]
         re = run_end[C]
         lo_a, lo_b = np.maximum(C + 1, re), np.maximum(sw.lo_b[C], re)
         ca, cb = sw.hi_a[C] - lo_a, sw.hi_b[C] - lo_b
@@ -554,20 +554,23 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
         es, et = rid[p[e]], rid[q[e]]
     comp, ncomp = _run_components(nruns, es, et, components)
     # sklearn's numbering: clusters ranked by their smallest ORIGINAL core index.
-    C = np.flatnonzero(core)
+    C = core.nonzero()[0]
     cc = comp[rid[C]]
-    first = np.full(ncomp, n, dtype=np.intp)
+    first = np.empty(ncomp, dtype=np.intp)
+    first.fill(n)
     np.minimum.at(first, cc, sw.order[C])
     root = first[cc]
     used = np.zeros(n, dtype=bool)
     used[root] = True
-    rank = np.cumsum(used)
+    rank = np.add.accumulate(used, dtype=np.intp)
     rank -= 1
-    lab = np.full(n, NOISE, dtype=np.int64)
+    lab = np.empty(n, dtype=np.int64)
+    lab.fill(NOISE)
     lab[C] = rank[root]
     # Border points: the lowest-numbered adjacent cluster claims them (first expansion wins).
     if border is not None and border.shape[0]:
-        best = np.full(n, n, dtype=np.int64)
+        best = np.empty(n, dtype=np.int64)
+        best.fill(n)
         np.minimum.at(best, border, lab[owner])
         hit = best < n
         lab[hit] = best[hit]
@@ -575,7 +578,7 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
     labels[sw.order] = lab
     core_o = np.zeros(n, dtype=bool)
     core_o[sw.order] = core
-    return labels, np.flatnonzero(core_o)
+    return labels, core_o.nonzero()[0]
 
 
 # ------------------------------------------------------------------------------------------ DBSCAN
