@@ -288,11 +288,11 @@ _BINS = 4
 _KEY_MAX = 1 << 16
 
 
-def _inner_axis(Xt: np.ndarray, lo: np.ndarray, cell: np.ndarray, a: int) -> int:
+def _inner_axis(Z: np.ndarray, cell: np.ndarray, a: int) -> int:
     """Sort axis inside an a-cell: the one with the largest within-cell sum of squares (so a +-eps
     window along it holds the fewest points). Detection sets are chains across sagittal slices: the
-    slice axis wins over one that only drifts along the spine."""
-    d = Xt.shape[0]
+    slice axis wins over one that only drifts along the spine. ``Z``: (d, n) coordinates (any shift)."""
+    d = Z.shape[0]
     others = [c for c in range(d) if c != a]
     if len(others) <= 1:
         return others[0] if others else a
@@ -301,9 +301,11 @@ def _inner_axis(Xt: np.ndarray, lo: np.ndarray, cell: np.ndarray, a: int) -> int
     np.maximum(cnt, 1, out=cnt)
     b, best = others[0], -1.0
     for c in others:
-        y = Xt[c] - lo[c]
+        y = Z[c]
         s1 = np.bincount(ci, y)
-        within = float(y @ y) - float((s1 * s1 / cnt).sum())
+        s1 *= s1
+        s1 /= cnt
+        within = float(y @ y) - float(np.add.reduce(s1))
         if within > best:
             b, best = c, within
     return b
@@ -318,20 +320,20 @@ def _sweep(X: np.ndarray, eps: float) -> _Sweep:
         raise ValueError("X contains NaN or infinite values")
     a = max(range(d), key=spread.__getitem__)
     width = eps * (1.0 + 1e-6)  # > eps: a neighbour is at most one cell away, despite rounding
-    cell = Xt[a] - lo[a]
-    cell /= width
+    Z = Xt - lo[:, None]  # every coordinate from 0; one pass serves the cells, the axis choice and the bins
+    cell = Z[a] / width
     np.floor(cell, out=cell)
-    b = _inner_axis(Xt, lo, cell, a)
+    b = _inner_axis(Z, cell, a)
     Q = _BINS
     delta = width / Q  # neighbours are at most Q bins apart along b
     nb = int(spread[b] / delta) + 2 * Q + 3  # bins per cell, margins included: windows stay in their cell
     size = (int(spread[a] / width) + 4) * nb  # one spare cell before and after
     if size <= min(_KEY_MAX, 16 * n + 4096):  # the table must stay cheap next to n
-        y = Xt[b] - lo[b]
-        y /= delta
+        y = Z[b] / delta
         np.floor(y, out=y)
+        cell *= nb
+        y += cell
         y += (Q + 1) + nb  # key = (cell + 1) * nb + bin + Q + 1: every lookup below stays in [0, size]
-        y += cell * nb
         key = y.astype(np.uint16)
         order = key.argsort(kind="stable")  # radix sort
         table = np.zeros(size + 1, dtype=np.intp)  # table[v]: number of keys < v
