@@ -128,6 +128,26 @@ def test_segmenter_augment_moves_ct_and_mask_together():
     assert m[12, 12, 4] and ct[12, 12, 4] == 1000.0  # inputs untouched
 
 
+def test_segmenter_sub_crops_on_the_target_reach_its_far_parts():
+    import numpy as np
+
+    from training.segmenter import make_sample
+
+    pp = {"roi": 32, "hu_window": [-400.0, 1400.0], "weight_sigma_mm": 8.0, "spacing_mm": 1.0}
+    ct = np.full((32, 32, 32), -1000.0, np.float32)
+    m = np.zeros(ct.shape, dtype=bool)
+    m[1:4, 1:4, 1:4] = True  # only a far corner of the ROI belongs to the target (a cut vertebra's process)
+    ct[m] = 900.0
+    zero = np.zeros(3, dtype=int)
+    hits = {p: sum(make_sample(ct, m, pp, zero, 8, np.random.default_rng(s), p)[1].any() for s in range(40))
+            for p in (0.0, 1.0)}
+    assert hits[1.0] == 40  # centred on a target voxel: the target is always in the crop
+    assert hits[0.0] < 10  # centre-biased crops rarely see it
+    x, y = make_sample(ct, m, pp, zero, 8, np.random.default_rng(0), 1.0)
+    assert x.shape == (2, 8, 8, 8) and y.shape == (1, 8, 8, 8)
+    assert np.array_equal(y[0] > 0, x[0] > 0.5)  # CT and target cropped together
+
+
 def test_labeller_mirror_keeps_the_centre_on_the_vertebra():
     import numpy as np
 

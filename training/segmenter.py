@@ -27,6 +27,11 @@ MAX_OFFSET_MM = 6.0  # training jitter of the ROI centre
 # patient's mirror image (left-right flip of i: the anatomy is near-symmetric, the task exactly so).
 AUGMENT = {"flip_i_p": 0.5, "thick_slice_p": 0.3, "thick_slice_sigma_vox": [0.5, 1.3],
            "inplane_blur_p": 0.2, "inplane_sigma_vox": [0.3, 0.8], "noise_p": 0.3, "noise_hu": [5.0, 35.0]}
+# Which ROIs and which parts of them a step sees. FOV-cut end vertebrae are ~15 % of the ROIs but hold most of
+# the cascade's misses and far-off centres: their visible part is often a body slab plus a spinous process
+# 30-60 mm away, which a sub-crop biased to the ROI centre rarely shows. So cut ROIs are drawn more often, and
+# some sub-crops are centred on a random voxel of the target instead of near the ROI centre.
+SAMPLING = {"cut_p": 0.25, "patch_on_mask_p": 0.4}
 VAL_OFFSET_MM = 3.0  # "a realistic detector error": a fixed offset of this length in a random direction
 
 
@@ -79,14 +84,20 @@ def augment(ct: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug: dic
     return np.ascontiguousarray(ct), np.ascontiguousarray(mask)
 
 
-def make_sample(ct, mask, pp, off, patch: int, rng: np.random.Generator):
-    """(x [2,P,P,P], y [1,P,P,P]) exactly as the runtime builds the ROI, then a sub-crop biased to the centre."""
+def make_sample(ct, mask, pp, off, patch: int, rng: np.random.Generator, on_mask_p: float = 0.0):
+    """(x [2,P,P,P], y [1,P,P,P]) exactly as the runtime builds the ROI, then a sub-crop: biased to the
+    centre, or (probability ``on_mask_p``) centred on a random voxel of the target."""
     r = int(pp["roi"])
     c = np.asarray(ct.shape) // 2 + off
     x = segmenter_input(ct, c, pp)
     y = crop_centered(mask.astype(np.uint8), c, (r, r, r), fill=0)
     if patch < r:
-        lo = np.clip(np.round(rng.normal(r / 2, r / 6, size=3) - patch / 2), 0, r - patch).astype(int)
+        centre = rng.normal(r / 2, r / 6, size=3)
+        if on_mask_p and rng.uniform() < on_mask_p:
+            on = np.flatnonzero(y)
+            if on.size:
+                centre = np.asarray(np.unravel_index(on[rng.integers(on.size)], y.shape), dtype=np.float64)
+        lo = np.clip(np.round(centre - patch / 2), 0, r - patch).astype(int)
         sl = tuple(slice(a, a + patch) for a in lo)
         x = x[(slice(None),) + sl]
         y = y[sl]
@@ -175,15 +186,18 @@ def train(args, log=print) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=(args.lr or 1e-3) * 0.05)
     rng = np.random.default_rng(args.seed)
     max_off = MAX_OFFSET_MM / pp["spacing_mm"]
+    sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else SAMPLING
+    cut_files = [p for p in tr_files if data.cut_flag(np.load(p))]
 
     def step(_i: int) -> float:
         xs, ys = [], []
-        for p in rng.choice(tr_files, size=batch):
-            ct, m, _ = load_roi(p)
+        for _ in range(batch):
+            pool = cut_files if cut_files and rng.uniform() < sampling["cut_p"] else tr_files
+            ct, m, _ = load_roi(pool[rng.integers(len(pool))])
             ct = ct * rng.uniform(0.95, 1.05) + rng.normal(0, 15)  # scanner calibration spread
             if not args.tiny:
                 ct, m = augment(ct, m, rng)
-            x, y = make_sample(ct, m, pp, random_offset(rng, max_off), patch, rng)
+            x, y = make_sample(ct, m, pp, random_offset(rng, max_off), patch, rng, sampling["patch_on_mask_p"])
             xs.append(x)
             ys.append(y)
         x = torch.from_numpy(np.stack(xs)).to(device)
@@ -206,7 +220,8 @@ def train(args, log=print) -> dict:
                   "steps_per_epoch": steps, "batch": batch, "patch": patch,
                   "optimizer": "Adam", "lr": args.lr or 1e-3, "lr_schedule": "cosine to 5%",
                   "train_offset_mm": MAX_OFFSET_MM,
-                  "augment": None if args.tiny else AUGMENT, "loss": "BCE(pos_weight=1.5) + soft Dice"}
+                  "augment": None if args.tiny else AUGMENT, "sampling": sampling,
+                  "cut_rois": len(cut_files), "loss": "BCE(pos_weight=1.5) + soft Dice"}
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
                "schedule": sched_info, "device": str(device), "date": export.now_iso(),
                "wall_time_s": round(time.time() - t0, 1), "tiny": bool(args.tiny)}
