@@ -445,17 +445,17 @@ def _band(Xs: np.ndarray, r2: float, K: int):
     return counts, M[0]
 
 
-def _runs(adj: np.ndarray, core: np.ndarray):
+def _runs(link: np.ndarray):
     """Runs: maximal stretches of sorted positions where each consecutive pair is two adjacent core
-    points, i.e. one connected piece. Returns (run id per position, exclusive end of its run, count)."""
-    n = core.shape[0]
-    link = adj & core
-    link[:-1] &= core[1:]
-    link[-1] = False
+    points (``link[i]``: i and i + 1 are; ``link[-1]`` is ignored), i.e. one connected piece. Returns
+    (run id per position, exclusive end of its run, count)."""
+    n = link.shape[0]
+    cut = ~link
+    cut[-1] = True
     rid = np.empty(n, dtype=np.intp)
     rid[0] = 0
-    np.add.accumulate(~link[:-1], out=rid[1:], dtype=np.intp)
-    end = (~link).nonzero()[0]
+    np.add.accumulate(cut[:-1], out=rid[1:], dtype=np.intp)
+    end = cut.nonzero()[0]
     end += 1
     return rid, end[rid], int(rid[-1]) + 1
 
@@ -516,11 +516,11 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
         core = counts >= need
         if not np.count_nonzero(core):
             return np.full(n, NOISE, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        adj = np.zeros(n, dtype=bool)
-        adj[p[q == p + 1]] = True
-        rid, run_end, nruns = _runs(adj, core)
         cp, cq = core[p], core[q]
         e = cp & cq
+        link = np.zeros(n, dtype=bool)
+        link[p[e & (q == p + 1)]] = True
+        rid, run_end, nruns = _runs(link)
         e &= q >= run_end[p]  # inside a run: already connected
         es, et = rid[p[e]], rid[q[e]]
         one = cp ^ cq
@@ -542,7 +542,9 @@ def _fit_numpy(X: np.ndarray, eps: float, min_samples: int, components: str):
             border, owner = up[sel], uq[sel]
         if not core.any():
             return np.full(n, NOISE, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        rid, run_end, nruns = _runs(adj, core)
+        adj &= core
+        adj[:-1] &= core[1:]
+        rid, run_end, nruns = _runs(adj)
         # Core-core edges between runs: for a core point, the candidates past the end of its run
         # (a suffix of each window: positions grow along windows).
         C = core.nonzero()[0]
