@@ -27,10 +27,11 @@ MAX_OFFSET_MM = 6.0  # training jitter of the ROI centre
 # patient's mirror image (left-right flip of i: the anatomy is near-symmetric, the task exactly so).
 AUGMENT = {"flip_i_p": 0.5, "thick_slice_p": 0.3, "thick_slice_sigma_vox": [0.5, 1.3],
            "inplane_blur_p": 0.2, "inplane_sigma_vox": [0.3, 0.8], "noise_p": 0.3, "noise_hu": [5.0, 35.0]}
-# Which ROIs and which parts of them a step sees. FOV-cut end vertebrae are ~15 % of the ROIs but hold most of
-# the cascade's misses and far-off centres: their visible part is often a body slab plus a spinous process
-# 30-60 mm away, which a sub-crop biased to the ROI centre rarely shows. So cut ROIs are drawn more often, and
-# some sub-crops are centred on a random voxel of the target instead of near the ROI centre.
+# Which ROIs and which parts of them a step sees. Vertebrae touching the FOV border (a third of the phantom ROIs,
+# most only by a process tip) hold most of the cascade's misses and far-off centres: an end vertebra's visible
+# part is often a body slab plus a spinous process 30-60 mm away, which a sub-crop biased to the ROI centre
+# rarely shows. So cut ROIs are drawn more often (cut_p 0.25: about half of the samples), and some sub-crops
+# are centred on a random voxel of the target instead of near the ROI centre.
 SAMPLING = {"cut_p": 0.25, "patch_on_mask_p": 0.4}
 VAL_OFFSET_MM = 3.0  # "a realistic detector error": a fixed offset of this length in a random direction
 
@@ -175,9 +176,10 @@ def train(args, log=print) -> dict:
         raise common.SpinertError(f"no labelled vertebrae in {args.data}")
     n_val = args.val_rois or (2 if args.tiny else 48)
     va_eval = [va_files[i] for i in np.random.default_rng(0).permutation(len(va_files))[:n_val]]
-    log(f"segmenter: {len(tr_files)} train ROIs ({len(tr_ids)} cases), {len(va_files)} val ROIs "
-        f"({len(va_ids)} cases, {len(va_eval)} evaluated), widths {widths}, patch {patch}^3, batch {batch}, "
-        f"{epochs}x{steps} steps on {device}")
+    cut_files = [p for p in tr_files if data.cut_flag(np.load(p))]  # none if cached before the flag existed
+    log(f"segmenter: {len(tr_files)} train ROIs ({len(tr_ids)} cases, {len(cut_files)} cut by the FOV), "
+        f"{len(va_files)} val ROIs ({len(va_ids)} cases, {len(va_eval)} evaluated), widths {widths}, patch "
+        f"{patch}^3, batch {batch}, {epochs}x{steps} steps on {device}")
 
     model = AttentionUNet3D(UNetConfig(widths=widths))
     common.init_weights(model, args, log)
@@ -187,7 +189,6 @@ def train(args, log=print) -> dict:
     rng = np.random.default_rng(args.seed)
     max_off = MAX_OFFSET_MM / pp["spacing_mm"]
     sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else SAMPLING
-    cut_files = [p for p in tr_files if data.cut_flag(np.load(p))]
 
     def step(_i: int) -> float:
         xs, ys = [], []
