@@ -150,7 +150,8 @@ def handler(args: argparse.Namespace) -> int:
             rep["naive_baseline"] = rn.naive_baseline(b, p, cts[0], base_runs, base_warm, tick, threads)
         else:
             rep["naive_baseline"] = None
-        rep["dbscan"] = rn.micro_dbscan((500, 1000) if args.quick else (500, 1000, 3000), 5 if args.quick else 20)
+        sets = rn.cascade_point_sets(*runnable[0], cts, threads) if runnable else []
+        rep["dbscan"] = rn.micro_dbscan((500, 1000) if args.quick else (500, 1000, 3000), 5 if args.quick else 20, sets)
         tick("DBSCAN vs scikit-learn")
         rep["nms"] = rn.micro_nms(100 if args.quick else 250, 30, 5 if args.quick else 20)
         tick("NMS")

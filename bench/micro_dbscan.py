@@ -3,7 +3,8 @@
 Run: ``python -m bench.micro_dbscan [--sizes 500 1000 3000] [--repeats 20] [--json]``.
 ``run(sizes, repeats)`` returns one dict per size:
 ``{"n", "ours_ms", "sklearn_ms", "speedup_vs_sklearn", "identical", "clusters", "device"}``
-(median wall time per fit_predict; "identical": same labels as sklearn, numbering included).
+(median wall time per fit_predict; "identical": same labels as sklearn, numbering included);
+``bench_points`` does the same on given points (`spinert bench` also times the cascade's own box sets).
 
 The detection sets are synthetic but shaped like the detector's output: one box per sagittal slice
 per vertebra (a chain across the vertebra's width, centres drifting by ~1-2 mm per slice), box sizes
@@ -109,12 +110,14 @@ def _time_ms(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def bench_one(n: int, repeats: int = 20, seed: int = 0, params: ClusterParams | None = None,
-              xp=None) -> dict:
+def bench_points(X: np.ndarray, repeats: int = 20, params: ClusterParams | None = None, xp=None) -> dict:
+    """Median fit_predict time of ours and scikit-learn's DBSCAN on the same points, as a user calls them
+    (build the estimator, fit_predict), and whether the labels are identical (numbering included)."""
     from sklearn.cluster import DBSCAN as SkDBSCAN
 
+    from engine.xp import to_numpy
+
     p = params or ClusterParams()
-    X = detections_of_size(n, seed)
     device = "cpu (numpy)"
     Xo = X
     sync = lambda: None  # noqa: E731
@@ -123,7 +126,6 @@ def bench_one(n: int, repeats: int = 20, seed: int = 0, params: ClusterParams | 
         sync = xp.cuda.Device().synchronize
         device = "gpu (cupy)"
 
-    # Both sides as a user calls them: build the estimator, fit_predict.
     def run_ours():
         lab = DBSCAN(p.eps_mm, p.min_samples).fit_predict(Xo)
         sync()
@@ -134,12 +136,16 @@ def bench_one(n: int, repeats: int = 20, seed: int = 0, params: ClusterParams | 
 
     ours_ms = _time_ms(run_ours, repeats)
     sk_ms = _time_ms(run_sklearn, repeats)
-    from engine.xp import to_numpy
-
     a, b = to_numpy(run_ours()), run_sklearn()
-    return {"n": int(n), "ours_ms": round(ours_ms, 4), "sklearn_ms": round(sk_ms, 4),
+    return {"n": int(len(X)), "ours_ms": round(ours_ms, 4), "sklearn_ms": round(sk_ms, 4),
             "speedup_vs_sklearn": round(sk_ms / ours_ms, 2), "identical": bool(np.array_equal(a, b)),
             "clusters": int(b.max() + 1), "device": device}
+
+
+def bench_one(n: int, repeats: int = 20, seed: int = 0, params: ClusterParams | None = None,
+              xp=None) -> dict:
+    """``bench_points`` on a synthetic detection set of n points."""
+    return bench_points(detections_of_size(n, seed), repeats, params, xp)
 
 
 def run(sizes=(500, 1000, 3000), repeats: int = 20, xp=None) -> list[dict]:

@@ -68,6 +68,9 @@ def markdown(rep: dict) -> str:
     for r in d["by_size"]:
         lines.append(f"| DBSCAN | {r['n']} | {_f(r['ours_ms'], 3)} | scikit-learn | {_f(r['sklearn_ms'], 3)} | "
                      f"{_f(r['speedup_vs_sklearn'], 1)}x | {r['identical']} |")
+    for r in d.get("cascade_sets", []):
+        lines.append(f"| DBSCAN, the cascade's boxes of CT {r['ct']} | {r['n']} | {_f(r['ours_ms'], 3)} | "
+                     f"scikit-learn | {_f(r['sklearn_ms'], 3)} | {_f(r['speedup_vs_sklearn'], 1)}x | {r['identical']} |")
     n = rep.get("nms")
     if n:
         lines.append(f"| NMS | {n['boxes']} boxes / {n['slices']} slices | {_f(n['ours_ms'], 3)} | {n['reference']} | "

@@ -287,14 +287,25 @@ def model_sessions(backend: str, precision: str, batches: dict[str, int], repeat
 
 
 # ------------------------------------------------------------------------------------------------ micro
-def micro_dbscan(sizes: tuple[int, ...], repeats: int) -> dict:
+def cascade_point_sets(backend: str, precision: str, cts: list[BenchCT], threads: int | None = None) -> list[tuple]:
+    """(CT name, stage-1 DBSCAN points, ClusterParams) of each CT: the detection sets the cascade clusters."""
+    from engine.pipeline import Cascade
+
+    with Cascade(backend=backend, precision=precision, threads=threads) as cascade:
+        return [(ct.name, *cascade.stage1_points(ct.source)) for ct in cts]
+
+
+def micro_dbscan(sizes: tuple[int, ...], repeats: int, sets: list[tuple] = ()) -> dict:
+    """DBSCAN against scikit-learn on synthetic detection sets of the given sizes (headline: the largest)
+    and on the cascade's own box sets (``sets``: from ``cascade_point_sets``)."""
     from bench import micro_dbscan as mdb
 
     rows = mdb.run(sizes, repeats)
-    head = max(rows, key=lambda r: r["n"])  # headline: the largest detection set
+    own = [dict(mdb.bench_points(X, repeats, p), ct=name) for name, X, p in sets if len(X)]
+    head = max(rows, key=lambda r: r["n"])
     return {"n": head["n"], "ours_ms": head["ours_ms"], "sklearn_ms": head["sklearn_ms"],
-            "speedup_vs_sklearn": head["speedup_vs_sklearn"], "identical": all(r["identical"] for r in rows),
-            "by_size": rows}
+            "speedup_vs_sklearn": head["speedup_vs_sklearn"],
+            "identical": all(r["identical"] for r in rows + own), "by_size": rows, "cascade_sets": own}
 
 
 def _greedy_nms_loop(group: np.ndarray, xywh: np.ndarray, score: np.ndarray, thr: float) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from engine import labels as L
 from engine.chain import ChainParams, close_pairs, end_centres, is_split, missed_centres, off_chain
-from engine.cluster import ClusterParams, cluster_boxes
+from engine.cluster import ClusterParams, cluster_boxes, stage1_points
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
@@ -250,14 +250,12 @@ class Cascade:
                             "4x slower than fp32 (bench/results/cpu-2026-11-30-s3); TensorRT runs it fast")
 
         with clock.stage("detect"):
-            band = select_slices(iso, sp, cfg.detect)
-            boxes = detect(self.sessions["detector"], iso, band.slices, self.specs["detector"].preprocess, sp,
-                           cfg.detect, max_batch=cfg.max_batch.get("detector"))
+            band, boxes = self._detect(iso)
         result.info["band"] = {"mode": band.mode, "lo": band.lo, "hi": band.hi, "slices": int(band.slices.size),
                                "stride": int(cfg.detect.stride)}
         result.info["boxes"] = len(boxes)
         with clock.stage("cluster"):
-            cands = cluster_boxes(boxes, self._cluster_params(band))
+            cands = cluster_boxes(boxes, self.cluster_params(band))
             mm = np.stack([c.center_mm for c in cands]) if cands else np.zeros((0, 3))
             stray = off_chain(mm, cfg.chain)
         if not cands:
@@ -344,7 +342,23 @@ class Cascade:
                              f"(a gap in the label sequence, or cut by the field of view at an end)"] + info2["warnings"]
         return more, probs, labs, conf, info2
 
-    def _cluster_params(self, band) -> ClusterParams:
+    def _detect(self, iso):
+        band = select_slices(iso, self.spacing, self.config.detect)
+        boxes = detect(self.sessions["detector"], iso, band.slices, self.specs["detector"].preprocess, self.spacing,
+                       self.config.detect, max_batch=self.config.max_batch.get("detector"))
+        return band, boxes
+
+    def stage1_points(self, source: Volume | str | os.PathLike) -> tuple[np.ndarray, ClusterParams]:
+        """The points stage 1's DBSCAN clusters for one CT (host array, mm) and the parameters it uses:
+        real detection sets for `spinert bench` to time the clustering on."""
+        from engine.io import read_volume
+
+        vol = source if isinstance(source, Volume) else read_volume(source)
+        band, boxes = self._detect(self.xp.asarray(to_canonical(vol, self.spacing).array))
+        p = self.cluster_params(band)
+        return to_numpy(stage1_points(boxes, p)), p
+
+    def cluster_params(self, band) -> ClusterParams:
         p = self.config.cluster
         # With a slice stride, a vertebra's boxes are stride*spacing mm apart along i: keep min_samples
         # reachable inside eps (ClusterParams' rule: min_samples <= 2 * floor(eps / step) + 1).

@@ -83,6 +83,10 @@ def test_quick_report_has_required_keys(quick_run):
     assert ms["segmenter"]["input_shape"] == [1, 2, 128, 128, 128] and ms["segmenter"]["ms_per_roi"] > 0
     assert ms["labeller"]["ms_per_vertebra"] > 0 and ms["detector"]["ms_per_slice"] > 0
     assert rep["nms"]["identical"] is True
+    # DBSCAN also timed on the very boxes the cascade clustered for the CT.
+    own = d["cascade_sets"]
+    assert [o["ct"] for o in own] == ["small_ct.nii.gz"] and own[0]["n"] == cell["boxes"] > 0
+    assert own[0]["identical"] is True and own[0]["speedup_vs_sklearn"] > 0
     assert rep["bridge"]["sizes"]["message_bytes"] > 0 and rep["publish_ms"]["p50"] > 0
 
 
@@ -90,6 +94,7 @@ def test_quick_writes_markdown_and_pngs(quick_run):
     out, r = quick_run
     md = (out / "r.md").read_text()
     assert "| backend | prec | CT |" in md and "small_ct.nii.gz" in md and "DBSCAN" in md
+    assert "DBSCAN, the cascade's boxes of CT small_ct.nii.gz" in md
     assert md.strip() in r.stdout  # the same table is printed
     for name in ("stage_breakdown.png", "latency_vs_size.png"):
         data = (out / "plots" / name).read_bytes()
