@@ -74,3 +74,24 @@ def test_to_canonical_equals_resampling_onto_the_dicomorient_grid():
     np.testing.assert_array_equal(got.array, want)
     np.testing.assert_allclose(got.origin, ref.GetOrigin(), atol=1e-9)
     np.testing.assert_allclose(got.direction, ref.GetDirection(), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.float32])
+def test_integer_cts_resample_as_if_cast_to_float_first(dtype):
+    rng = np.random.default_rng(2)
+    arr = rng.integers(0, 255, (14, 11, 9)) if dtype == np.uint8 else rng.normal(0, 400, (14, 11, 9))
+    d = (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    vol = Volume(arr.astype(dtype), (0.7, 0.9, 2.0), (1.0, 2.0, 3.0), d, "ct")
+    got = to_canonical(vol, 1.0)
+    assert got.array.dtype == np.float32
+
+    img = sitk.Cast(sitk.GetImageFromArray(vol.array), sitk.sitkFloat32)
+    img.SetSpacing(vol.spacing)
+    img.SetOrigin(vol.origin)
+    img.SetDirection(d)
+    ref = sitk.Image([int(s) for s in got.array.shape[::-1]], sitk.sitkUInt8)
+    ref.SetSpacing((1.0,) * 3)
+    ref.SetOrigin(got.origin)
+    ref.SetDirection(got.direction)
+    want = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
+    np.testing.assert_array_equal(got.array, want)
