@@ -165,13 +165,12 @@ def _stage2_keep(xp: ModuleType, lab1, sizes, size_eps: float, size_min: int):
     return keep
 
 
-def stage1_points(boxes: BoxSet, params: ClusterParams | None = None):
-    """What stage 1's DBSCAN clusters: the box centres (k, j, i) in mm, the AP axis weighted by
-    ``ap_weight``."""
+def stage1_points(centres_mm, params: ClusterParams | None = None):
+    """What stage 1's DBSCAN clusters: the box centres (k, j, i) in mm (``BoxSet.centers_mm()``), the AP
+    axis weighted by ``ap_weight``."""
     p = params or ClusterParams()
-    xp = get_xp(boxes.center_rc)
-    centres = boxes.centers_mm()
-    return centres * xp.asarray([1.0, float(p.ap_weight), 1.0]) if p.ap_weight != 1.0 else centres
+    xp = get_xp(centres_mm)
+    return centres_mm * xp.asarray([1.0, float(p.ap_weight), 1.0]) if p.ap_weight != 1.0 else centres_mm
 
 
 def cluster_boxes(boxes: BoxSet, params: ClusterParams | None = None) -> list[VertebraCandidate]:
@@ -189,7 +188,7 @@ def cluster_boxes(boxes: BoxSet, params: ClusterParams | None = None) -> list[Ve
     xp = get_xp(boxes.center_rc)
     centres = boxes.centers_mm()
     sizes = boxes.sizes_mm()
-    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(stage1_points(boxes, p), xp=xp)
+    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(stage1_points(centres, p), xp=xp)
     if not bool(xp.any(lab1 >= 0)):
         return []
     keep = _stage2_keep(xp, lab1, sizes, p.size_eps_mm, p.size_min_samples)

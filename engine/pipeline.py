@@ -356,7 +356,7 @@ class Cascade:
         vol = source if isinstance(source, Volume) else read_volume(source)
         band, boxes = self._detect(self.xp.asarray(to_canonical(vol, self.spacing).array))
         p = self.cluster_params(band)
-        return to_numpy(stage1_points(boxes, p)), p
+        return to_numpy(stage1_points(boxes.centers_mm(), p)), p
 
     def cluster_params(self, band) -> ClusterParams:
         p = self.config.cluster

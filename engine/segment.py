@@ -53,7 +53,8 @@ def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | N
 
     With ``dup_overlap`` > 0, a mask that overlaps an already pasted vertebra by more than that fraction
     of the smaller of the two is the same vertebra seen from a second (duplicate) centre: it is merged
-    into that vertebra's label instead. ``sizes`` (label -> mask voxels) is kept up to date. Returns the label used (0 if nothing was pasted).
+    into that vertebra's label instead. ``sizes`` (label -> mask voxels) is kept up to date. Returns the
+    label used (0 if nothing was pasted).
     """
     r = np.asarray(prob.shape)
     lo = np.maximum(start, 0)
