@@ -202,6 +202,9 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         found = ow > 0
         best = pw.astype(xp.float32) / 255.0
         best = xp.where(found, best + xp.float32(p.reclaim_margin), best)
+        # Vertebrae recovered earlier in this pass keep all of theirs: only masks the detector found can
+        # have swallowed a missed neighbour (and only their book-keeping is updated by _give_back).
+        best = xp.where(ow > m0, xp.float32(2.0), best)
         pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
         above = pr > thr
         take = above & (pr > best)
@@ -299,8 +302,9 @@ def _lands_on_found(ow, above, take, sizes: dict, m0: int, overlap: float, xp) -
     """Whether a recovery ROI landed on a found vertebra: it sees above threshold more than ``overlap``
     (of the smaller of the two) of one that holds those voxels surely, or would take more than that
     fraction of one."""
-    given = to_numpy(xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=m0 + 1))
-    kept_by = to_numpy(xp.bincount(ow[above & ~take].astype(xp.int64).ravel(), minlength=m0 + 1))
+    n = max(m0, max(sizes, default=0)) + 1  # labels of vertebrae recovered earlier in this pass too
+    given = to_numpy(xp.bincount(ow[take].astype(xp.int64).ravel(), minlength=n))
+    kept_by = to_numpy(xp.bincount(ow[above & ~take].astype(xp.int64).ravel(), minlength=n))
     n_above = int(above.sum())
     for j in np.flatnonzero(given[1:] + kept_by[1:]) + 1:
         size = sizes.get(int(j), 0)
@@ -325,10 +329,10 @@ def _centroid(mask, lo, xp) -> np.ndarray:
 def _give_back(old, mask, lo, centers: np.ndarray, voxels: np.ndarray, sizes: dict, xp) -> set[int]:
     """In place: found vertebrae whose voxels (``old`` labels inside a window at ``lo``) a new ``mask``
     took lose them from their counts and centroids (boxes stay supersets). Returns their indices."""
-    lost = mask & (old > 0)
+    m0 = len(voxels)
+    lost = mask & (old > 0) & (old <= m0)
     if not bool(lost.any()):
         return set()
-    m0 = len(voxels)
     idx = xp.nonzero(lost)
     who = old[idx].astype(xp.int64) - 1
     n_lost = to_numpy(xp.bincount(who, minlength=m0))

@@ -238,3 +238,23 @@ def test_interface_and_merge_make_one_vertebra_of_two_halves():
     assert out.boxes[1] == (slice(14, 22), slice(5, 15), slice(4, 16))
     assert out.source.tolist() == [0, 1] and out.merged == [2] and out.recovered == []
     assert merge(seg, []) is seg
+
+
+def test_extend_two_missed_neighbours_in_one_pass(synth):
+    # Two withheld neighbours: the second recovery ROI sees the first one recovered in the same pass
+    # (above threshold). That vertebra is new to the found list and must neither break the overlap
+    # book-keeping nor lose voxels to the later ROI.
+    canon, sess, pp, full, order = _five_blocks(synth)
+    three = segment(sess, canon.array, np.delete(full.centers_kji[order], [1, 2], axis=0), pp, 1.0)
+    assert len(three.voxels) == 3
+    guesses = full.centers_kji[order[1:3]]
+    more = extend(three, sess, canon.array, guesses, pp, 1.0)
+    assert more.recovered == [3, 4] and len(more.voxels) == 5
+    for v, j in ((3, order[1]), (4, order[2])):
+        got = more.owner == v + 1
+        assert got.sum() == more.voxels[v]
+        np.testing.assert_allclose(more.centers_kji[v], np.argwhere(got).mean(axis=0), atol=1e-6)
+        np.testing.assert_allclose(more.centers_kji[v], full.centers_kji[j], atol=1.5)
+    # Order of the proposals does not matter.
+    rev = extend(three, sess, canon.array, guesses[::-1], pp, 1.0)
+    assert sorted(rev.voxels[3:]) == sorted(more.voxels[3:])
