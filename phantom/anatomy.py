@@ -84,6 +84,26 @@ def _rot(axis: str, deg: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
+def patient_shape(rng: np.random.Generator) -> dict[str, float]:
+    """Per-patient proportions around the Panjabi means: real vertebrae differ from one person to the next in
+    how full the body is (depth, squareness of the axial outline, waist) and how heavy the arch is, at the
+    same overall size. Drawn from a child generator so the other draws of a seed stay as they were."""
+    u = rng.uniform
+    return {
+        "D": float(u(0.97, 1.18)),      # body depth (real lumbar bodies measured 10-25 % fuller than Panjabi-sized ones)
+        "W": float(u(0.96, 1.1)),       # body width
+        "nexp": float(u(2.2, 3.4)),     # superellipse exponent of the axial outline (higher = squarer)
+        "waist": float(u(0.02, 0.09)),  # concavity of the body's sides
+        "lam": float(u(0.9, 1.5)),      # lamina thickness factor
+        "ped": float(u(0.9, 1.25)),     # pedicle radius factor
+        "spT": float(u(0.9, 1.5)),      # spinous process thickness factor
+        "spL": float(u(0.85, 1.05)),    # spinous process length factor
+        "sacK": float(u(5.0, 14.0)),    # sacral curvature: degrees the tangent turns forward per fused segment
+        "sac0": float(u(-4.0, 12.0)),   # first sacral segment's tilt back from S1's axis (degrees)
+        "sacTilt": float(u(-10.0, 10.0)),  # sacral slope about its mean of ~42 degrees (real: 25-60)
+    }
+
+
 def build_levels(rng: np.random.Generator, t13: bool, l6: bool, t11_last_rib: bool) -> list[Level]:
     """The vertebrae of one patient, head to feet, with per-level size jitter (scale applied later)."""
     seq: list[tuple[int, str, float]] = [(1, "C1", 1.0), (2, "C2", 2.0)]
@@ -95,14 +115,18 @@ def build_levels(rng: np.random.Generator, t13: bool, l6: bool, t11_last_rib: bo
     if l6:
         seq.append((25, "lumbar", 24.4))
     seq.append((26, "sacrum", 25.0))
+    shape = patient_shape(rng.spawn(1)[0])
     levels = []
     for lab, kind, pos in seq:
         d = level_params(pos)
         jitter = rng.normal(1.0, 0.03, size=4)
         d["H"] *= jitter[0]
-        d["W"] *= jitter[1]
-        d["D"] *= jitter[2]
+        d["W"] *= jitter[1] * shape["W"]
+        d["D"] *= jitter[2] * shape["D"]
         d["disc"] *= jitter[3]
+        d["pedR"] *= shape["ped"]
+        d["spL"] *= shape["spL"]
+        d.update({k: shape[k] for k in ("nexp", "waist", "lam", "spT", "sacK", "sac0", "sacTilt")})
         levels.append(Level(lab, kind, pos, d))
     # Ribs: thoracic levels; the last two rib pairs are short floating ribs.
     thor = [lv for lv in levels if lv.kind == "thoracic"]
@@ -128,6 +152,7 @@ def place_spine(levels: list[Level], rng: np.random.Generator, scale: float, cur
     region_scale = np.where(pos < 7.5, cerv, np.where(pos < 19.5, thor, lumb))
     alpha = base + (alpha - base) * region_scale
     alpha += rng.normal(0.0, 1.5, size=n)
+    alpha += np.array([lv.dims.get("sacTilt", 0.0) if lv.kind == "sacrum" else 0.0 for lv in levels])
     # Coronal (scoliosis) angle and axial rotation.
     beta = np.zeros(n)
     gamma = np.zeros(n)

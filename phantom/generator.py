@@ -17,6 +17,7 @@ from phantom import scanner
 from phantom.anatomy import Patient, build_levels, place_spine
 from phantom.grid import WorkGrid
 from phantom.profiles import Profile, get_profile
+from phantom.vertebra import sacral_tip
 from phantom.skeleton import (composite_other_bone, paint_discs, paint_metal, paint_other_bone,
                               paint_vertebrae)
 from phantom.softtissue import fine_texture, paint_soft_tissue
@@ -88,7 +89,8 @@ def _spine_extent_z(pat: Patient) -> tuple[float, float]:
     c1 = pat.levels[0]
     sac = pat.levels[-1]
     top = c1.center[2] + 12.0
-    bottom = (sac.center + sac.R @ (np.array([0.0, 40.0, -125.0]) * pat.scale))[2] - 20.0
+    tip, _ = sacral_tip(sac)
+    bottom = (sac.center + sac.R @ tip)[2] - 36.0 * pat.scale - 20.0  # below the coccyx
     return float(bottom), float(top)
 
 

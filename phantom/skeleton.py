@@ -7,7 +7,7 @@ import numpy as np
 from phantom.anatomy import Level, Patient
 from phantom.grid import WorkGrid, bone_value, composite, occupancy
 from phantom.sdf import capsule, ell_capsule, ellipsoid, rbox
-from phantom.vertebra import local_box, render
+from phantom.vertebra import local_box, render, sacral_tip
 
 METAL_HU = 3800.0
 
@@ -198,12 +198,13 @@ def _pelvis(add, add_seg, sac: Level, pat: Patient) -> None:
         # Pubic ramus to the symphysis; ischium down and back.
         add_seg(L(sgn * 80, -62, -100), L(sgn * 12, -105, -120), 8.0 * s, 9.0 * s)
         add_seg(L(sgn * 80, -25, -115), L(sgn * 60, -5, -165), 11.0 * s, 13.0 * s)
-    # Coccyx: 3 small segments continuing the sacral curve (bone, not labelled).
-    prev = L(0, 42, -112)
-    for k, r in enumerate((7.0, 5.5, 4.5)):
-        nxt = prev + R @ (np.array([0.0, -3.0 + 2.0 * k, -12.0]) * s)
+    # Coccyx: 3 small segments continuing the sacral curve forwards (bone, not labelled).
+    tip, ang = sacral_tip(sac)
+    prev = c + R @ tip
+    for r in (7.0, 5.5, 4.5):
+        nxt = prev + R @ (np.array([0.0, np.sin(ang), -np.cos(ang)]) * 12.0 * s)
         add_seg(prev, nxt, r * s, (r - 1.0) * s)
-        prev = nxt
+        prev, ang = nxt, ang - np.deg2rad(sac.dims.get("sacK", 9.0))
 
 
 def composite_other_bone(grid: WorkGrid, sdf: np.ndarray, hu: np.ndarray, pat: Patient, texture: np.ndarray) -> None:

@@ -74,7 +74,7 @@ class Canvas:
         self.add(lambda p: ellipsoid(p, c, radii), c - radii, c + radii, k)
 
 
-def body_sdf(p, a, b, hh, kind: str, fracture: dict | None, n_exp: float = 2.4):
+def body_sdf(p, a, b, hh, kind: str, fracture: dict | None, n_exp: float = 2.4, waist: float = 0.07):
     """Vertebral body SDF. a, b = half width/depth, hh = half height."""
     u, v, w = p
     # Kidney shape: the posterior wall is flatter and slightly indented at the midline (not cervical).
@@ -84,7 +84,7 @@ def body_sdf(p, a, b, hh, kind: str, fracture: dict | None, n_exp: float = 2.4):
     rn = ((np.abs(u) / a) ** n_exp + (np.abs(v) / bb) ** n_exp) ** (1.0 / n_exp)
     # Waist: the sides are concave, the endplates flare out (ring apophysis).
     t = np.clip(w / hh, -1.0, 1.0)
-    rad = rn / (1.0 - 0.07 * (1.0 - t * t))
+    rad = rn / (1.0 - waist * (1.0 - t * t))
     d_rad = (rad - 1.0) * min(a, b)
     h = np.full(np.broadcast_shapes(u.shape, v.shape, w.shape), hh, dtype=np.float32)
     if fracture is not None:
@@ -107,7 +107,8 @@ def _body(cv: Canvas, lv: Level) -> None:
     a, b, hh = d["W"] / 2, d["D"] / 2, d["H"] / 2
     cv.body = np.full(cv.d.shape, 1e3, dtype=np.float32)
     ext = np.array([a + 2, b + 2, hh + 2])
-    cv.add(lambda p: body_sdf(p, a, b, hh, lv.kind, lv.fracture), -ext, ext, k=0.0, target="body")
+    n_exp, waist = d.get("nexp", 2.4), d.get("waist", 0.07)
+    cv.add(lambda p: body_sdf(p, a, b, hh, lv.kind, lv.fracture, n_exp, waist), -ext, ext, k=0.0, target="body")
     if lv.kind == "C2":  # dens: a peg up from the body into the atlas ring
         cv.add(lambda p: capsule(p, (0.0, -0.1 * b, hh - 2.0), (0.0, -0.05 * b, hh + 14.0), 5.2, 4.2),
                (-6, -b, hh - 8), (6, b, hh + 20), k=2.0, target="body")
@@ -126,7 +127,7 @@ def _posterior(cv: Canvas, lv: Level) -> None:
     xs = cw + pr * 0.8
     # Short pedicles; the laminae close the canal in a V (lumbar: a rounded triangle).
     v_front, v_back = b * 0.55, b + cd * (0.32 if kind == "lumbar" else 0.45)
-    lam_t = {"cervical": 2.3, "C2": 3.2}.get(kind, 3.4 if kind == "thoracic" else 4.0)
+    lam_t = {"cervical": 2.3, "C2": 3.2}.get(kind, 3.4 if kind == "thoracic" else 4.0) * d.get("lam", 1.0)
     v_mid = b + cd + lam_t
     w_mid = wp - 0.22 * H
     for sgn in (-1.0, 1.0):
@@ -160,7 +161,8 @@ def _posterior(cv: Canvas, lv: Level) -> None:
     sp_from = np.array([0.0, v_mid - 1.0, w_mid])
     sp_to = sp_from + d["spL"] * np.array([0.0, np.cos(ang), -np.sin(ang)])
     sp_h = {"lumbar": 0.3 * H, "thoracic": 3.8, "cervical": 3.2, "C2": 6.0}.get(kind, 4.0)
-    cv.ell_capsule(sp_from, sp_to, 3.2 if kind == "lumbar" else 2.6, sp_h, up=(0.0, np.sin(ang), np.cos(ang)))
+    sp_t = (3.2 if kind == "lumbar" else 2.6) * d.get("spT", 1.0)
+    cv.ell_capsule(sp_from, sp_to, sp_t, sp_h, up=(0.0, np.sin(ang), np.cos(ang)))
     if kind in ("cervical", "C2") and lv.label < 7:  # bifid tips C2-C6
         for sgn in (-1.0, 1.0):
             cv.ellipsoid(sp_to + np.array([sgn * 3.5, 0.0, 0.0]), (3.0, 3.5, 4.0))
@@ -184,32 +186,60 @@ def _c1(cv: Canvas, lv: Level) -> None:
     cv.ellipsoid((0.0, v0 + ay + 1.0, 0.0), (4.0, 3.0, 5.0), k=2.0)  # posterior tubercle
 
 
+def sacral_segments(lv: Level) -> list[tuple[np.ndarray, np.ndarray, float, float]]:
+    """The fused S2-S5 segments below S1's body in the sacrum's local frame: (top, bottom, tilt, size fraction).
+
+    The sacrum is concave forwards: its tangent starts near S1's axis (tilted back by the sacral slope) and
+    turns forwards segment by segment, so the tip points down and the coccyx carries on forwards."""
+    d = lv.dims
+    hh, s = d["H"] / 2, d["W"] / 50.0
+    c = np.array([0.0, 0.0, -hh])
+    ang = np.deg2rad(d.get("sac0", 4.0))
+    out = []
+    for frac, h in ((0.8, 22.0), (0.62, 19.0), (0.48, 16.0), (0.36, 13.0)):
+        down = np.array([0.0, np.sin(ang), -np.cos(ang)])
+        c0, c = c, c + down * (h + 1.0) * s
+        out.append((c0, c, float(ang), frac))
+        ang -= np.deg2rad(d.get("sacK", 9.0))
+    return out
+
+
+def sacral_tip(lv: Level) -> tuple[np.ndarray, float]:
+    """Local position of the sacrum's lower end and the tangent tilt there (radians back from S1's axis)."""
+    c0, c1, ang, _ = sacral_segments(lv)[-1]
+    return c1, ang - np.deg2rad(lv.dims.get("sacK", 9.0))
+
+
 def _sacrum(cv: Canvas, lv: Level) -> None:
-    """Sacrum: S1 body, fused S2-S5 curving backwards, alae, dorsal plate and sacral canal."""
+    """Sacrum: S1 body, fused S2-S5 curving forwards, alae, dorsal plate and sacral canal."""
     d = lv.dims
     a, b, hh = d["W"] / 2, d["D"] / 2, d["H"] / 2
     _body(cv, lv)
-    c = np.array([0.0, 0.0, -hh])
-    ang = 0.0
-    for frac, h in ((0.8, 22.0), (0.62, 19.0), (0.48, 16.0), (0.36, 13.0)):
-        ang += np.deg2rad(13.0)  # sacral kyphosis
+    rc = 2.5 + d["canW"] / 3.5
+    canal = []
+    for c0, c, ang, frac in sacral_segments(lv):
         down = np.array([0.0, np.sin(ang), -np.cos(ang)])
-        c0 = c.copy()
-        c = c + down * (h + 1.0)
-        cv.capsule(c0 + down * 2, c, frac * a * 0.55, frac * a * 0.5, k=3.0)
         back = np.array([0.0, np.cos(ang), np.sin(ang)])
-        cv.ell_capsule(c0 + back * (b + 10.0) + down * 2, c + back * (b + 8.0), 2.5 + 2.0 * frac,
+        r_seg = frac * a * 0.55
+        cv.capsule(c0 + down * 2, c, r_seg, frac * a * 0.5, k=3.0)
+        # Dorsal plate (laminae fused with the median crest) behind the canal, closing in as the canal narrows.
+        gap0, gap1 = r_seg + 6.0 + 16.0 * frac, r_seg + 4.0 + 12.0 * frac
+        cv.ell_capsule(c0 + back * gap0, c + back * gap1, 2.5 + 2.0 * frac,
                        0.9 * frac * a + 6.0, up=(1.0, 0.0, 0.0), k=3.0)
         if frac > 0.5:  # alae
             for sgn in (-1.0, 1.0):
-                cv.ellipsoid(c0 + np.array([sgn * (a * (0.55 + frac * 0.55)), 0.35 * b, 0.0]) + down * h * 0.3,
-                             (frac * 24.0, 0.55 * b + 8.0, h * 0.9 + 6.0), k=3.0)
+                # Wings reaching out to the sacro-iliac joints: wide, flatter front to back than tall.
+                cv.ellipsoid(c0 + np.array([sgn * (a * (0.6 + frac * 0.6)), 0.3 * b, 0.0]) + (c - c0) * 0.3,
+                             (frac * 30.0, 0.42 * b + 6.0, 0.75 * np.linalg.norm(c - c0) + 5.0), k=3.0)
+        # The canal runs between the segment bodies and the dorsal plate.
+        canal.append((c0 + back * (0.5 * (r_seg + gap0)), c + back * (0.5 * (r_seg + gap1)), rc * (0.55 + 0.45 * frac)))
     for sgn in (-1.0, 1.0):  # S1 superior articular processes
         cv.capsule((sgn * (d["canW"] / 2 + 4), b + 6.0, 0.0), (sgn * (d["canW"] / 2 + 5), b + 10.0, hh + 8.0), 5.0, 4.0, k=3.0)
-    a0, a1 = np.array([0.0, b + 7.0, hh + 5.0]), np.array([0.0, b + 25.0, -hh - 60.0])
-    rc = 2.5 + d["canW"] / 3.5
-    cv.carve(lambda p: ell_capsule(p, a0, a1, rc, 6.0, up=(0.0, 1.0, 0.0)),
-             np.minimum(a0, a1) - rc - 6, np.maximum(a0, a1) + rc + 6)
+    # Canal: from behind S1's body down along the segments.
+    a0 = np.array([0.0, b + 7.0, hh + 5.0])
+    for p0, p1, r in [(a0, canal[0][0], rc)] + canal:
+        cv.carve(lambda p, p0=p0, p1=p1, r=r: ell_capsule(p, p0, p1, r, 4.0 + 0.1 * r, up=(0.0, 1.0, 0.0)),
+                 np.minimum(p0, p1) - r - 6, np.maximum(p0, p1) + r + 6)
 
 
 def render(grid: WorkGrid, sl, lv: Level) -> Canvas:
