@@ -17,10 +17,10 @@ from phantom import scanner
 from phantom.anatomy import Patient, build_levels, place_spine
 from phantom.grid import WorkGrid
 from phantom.profiles import Profile, get_profile
-from phantom.vertebra import sacral_tip
 from phantom.skeleton import (composite_other_bone, paint_discs, paint_metal, paint_other_bone,
                               paint_vertebrae)
 from phantom.softtissue import fine_texture, paint_soft_tissue
+from phantom.vertebra import sacral_tip
 
 MAX_WORK_VOXELS = 36_000_000
 HU_MIN, HU_MAX = -1024, 3071

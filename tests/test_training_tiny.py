@@ -168,3 +168,31 @@ def test_labeller_mirror_keeps_the_centre_on_the_vertebra():
         assert (idx.min(axis=0) - 1 <= a_c).all() and (a_c <= idx.max(axis=0) + 1).all()
         flipped += a_c[2] > 15
     assert 0 < flipped < 20  # both mirror images occur
+
+
+def test_labeller_zoom_scales_the_vertebra_in_the_input():
+    import numpy as np
+
+    from engine.modelio import labeller_input
+    from training import labeller
+
+    pp = dict(labeller.PREPROCESS, shape=[64, 64, 64], extent_mm=[64.0, 64.0, 64.0])
+    ct = np.full((80, 80, 80), -1000.0, np.float32)
+    m = np.zeros(ct.shape, dtype=bool)
+    m[25:55, 25:55, 25:55] = True  # a 30 mm cube
+    ct[m] = 800.0
+    c = np.array([39.5, 39.5, 39.5])
+    rng = np.random.default_rng(1)
+    base = labeller_input(m, ct, c, pp)[0].sum()
+    ratios = []
+    for _ in range(40):
+        z = labeller.zoomed(pp, rng)
+        assert pp["extent_mm"] == [64.0, 64.0, 64.0]  # the caller's dict is untouched
+        x = labeller_input(m, ct, c, z)
+        assert x.shape == (2, 64, 64, 64)
+        zoom = 64.0 / np.asarray(z["extent_mm"])
+        lo, hi = labeller.SCALE[0] * (1 - labeller.SCALE_AXIS), labeller.SCALE[1] * (1 + labeller.SCALE_AXIS)
+        assert ((lo <= zoom) & (zoom <= hi)).all()
+        # The mask fills the input in proportion to the zoom's volume factor.
+        ratios.append((x[0].sum() / base) / np.prod(zoom))
+    np.testing.assert_allclose(ratios, 1.0, atol=0.08)
