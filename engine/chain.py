@@ -34,11 +34,15 @@ from engine.labels import CRANIOCAUDAL, ORDER_INDEX
 class ChainParams:
     """``recover``: segment missed levels the decoder names. ``off_chain_mm``: a candidate this far (mm,
     across the spine's axis) from the median of the candidates within ``window_mm`` along it is dropped
-    (0 disables)."""
+    (0 disables); the window widens to hold at least ``min_neighbours`` candidates (itself included)."""
 
     recover: bool = True
     off_chain_mm: float = 35.0
     window_mm: float = 60.0
+    # At a chain's end the window holds few vertebrae, and two strays (a hip and an iliac wing beside the
+    # sacrum) outvoted the sacrum itself: it was dropped and a hip kept. Five candidates hold a majority
+    # of vertebrae there too.
+    min_neighbours: int = 5
     ends: bool = True  # also look one step beyond each end of the chain
     # How far from its centre the next vertebra may show, in steps: thoracic spinous processes reach
     # about one level down, so parts of a vertebra whose body is out of view can still be in it.
@@ -56,6 +60,8 @@ class ChainParams:
     def __post_init__(self) -> None:
         if self.off_chain_mm < 0 or self.window_mm <= 0:
             raise ValueError("off_chain_mm must be >= 0 and window_mm > 0")
+        if self.min_neighbours < 1:
+            raise ValueError("min_neighbours must be >= 1")
         if self.min_partial_mm3 <= 0:
             raise ValueError("min_partial_mm3 must be > 0")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
@@ -65,12 +71,16 @@ class ChainParams:
 def off_chain(centers_mm: np.ndarray, params: ChainParams | None = None) -> np.ndarray:
     """(N,) bool: candidates too far from the spine's local axis. ``centers_mm`` (N, 3) canonical
     (k, j, i) in mm, k along the spine. The axis near a candidate is the median (j, i) of every candidate
-    within ``window_mm`` along k, itself included: robust while fewer than half of them are strays."""
+    within ``window_mm`` along k, or of its ``min_neighbours`` nearest along k if that reaches further,
+    itself included: robust while fewer than half of them are strays."""
     p = params or ChainParams()
     c = np.asarray(centers_mm, dtype=np.float64).reshape(-1, 3)
     if p.off_chain_mm <= 0 or c.shape[0] < 3:
         return np.zeros(c.shape[0], dtype=bool)
-    near = np.abs(c[:, None, 0] - c[None, :, 0]) <= p.window_mm  # (N, N), small N
+    dk = np.abs(c[:, None, 0] - c[None, :, 0])  # (N, N), small N
+    m = min(p.min_neighbours, c.shape[0]) - 1
+    reach = np.maximum(p.window_mm, np.partition(dk, m, axis=1)[:, m])
+    near = dk <= reach[:, None]
     ji = np.where(near[:, :, None], c[None, :, 1:], np.nan)
     axis = np.nanmedian(ji, axis=1)
     return np.linalg.norm(c[:, 1:] - axis, axis=1) > p.off_chain_mm

@@ -41,6 +41,16 @@ def test_a_candidate_in_front_of_the_spine_is_a_stray(where):
     assert flags.tolist() == [False] * len(FULL) + [True, True]
 
 
+def test_strays_beside_the_sacrum_do_not_outvote_it():
+    # Held-out phantom hard-100104 (mm, canonical k, j, i): L4 seen twice, L5, the sacrum, and two strays
+    # beside it (iliac wing, hip). Within 60 mm of the sacrum the strays were the majority.
+    c = np.array([[11.3, 154.3, 114.5], [11.4, 153.6, 136.0], [37.5, 158.0, 125.2], [75.5, 126.9, 35.4],
+                  [94.2, 178.2, 125.3], [122.6, 180.3, 45.5]])
+    assert off_chain(c).tolist() == [False, False, False, True, False, True]
+    # The old rule (the 60 mm window alone) dropped the sacrum and kept the hip.
+    assert off_chain(c, ChainParams(min_neighbours=1)).tolist() == [False, False, False, True, True, False]
+
+
 def test_off_chain_short_lists_and_switch():
     assert not off_chain(FULL[:2] + [0, 80, 0]).any()  # fewer than three: no axis to compare with
     stray = np.concatenate([FULL, [FULL[5] + [0, -60, 0]]])
@@ -48,6 +58,8 @@ def test_off_chain_short_lists_and_switch():
     assert off_chain(stray, ChainParams(off_chain_mm=70)).sum() == 0
     with pytest.raises(ValueError):
         ChainParams(window_mm=0)
+    with pytest.raises(ValueError):
+        ChainParams(min_neighbours=0)
 
 
 def test_missed_centres_are_spaced_along_the_chord():
