@@ -94,7 +94,7 @@ class Samples:
                 ct, m = fov_cut(ct, m, c, rng, float(self.pp["spacing_mm"]))
             if self.augment:
                 ct, m, c = scanner_and_mask(ct, m, c, rng)
-                if rng.uniform() < SCALE_P:
+                if SCALE_P > 0 and rng.uniform() < SCALE_P:  # off: no draw, the shipped schedule's stream
                     return labeller_input(m, ct, c, zoomed(self.pp, rng))
         return labeller_input(m, ct, c, self.pp)
 
