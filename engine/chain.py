@@ -43,6 +43,14 @@ class ChainParams:
     # sacrum) outvoted the sacrum itself: it was dropped and a hip kept. Five candidates hold a majority
     # of vertebrae there too.
     min_neighbours: int = 5
+    # One vertebra's two sides can fall into two clusters (the sacrum's alae, ~35 mm either side of the
+    # midline; a vertebra's halves on a coarse scan): candidates closer than ``halves_k_mm`` along the
+    # spine and ``halves_j_mm`` front to back, one on each side of the spine's axis (their mean within a
+    # quarter of their distance from it), are joined at their mean before the ROIs are cut (0 disables).
+    # Neighbouring vertebrae are >= 14 mm apart along the spine, even in the neck; a stray beside one
+    # vertebra (an iliac wing beside the sacrum on a real CT) is not symmetric to it and stays apart.
+    halves_k_mm: float = 8.0
+    halves_j_mm: float = 20.0
     ends: bool = True  # also look one step beyond each end of the chain
     # How far from its centre the next vertebra may show, in steps: thoracic spinous processes reach
     # about one level down, so parts of a vertebra whose body is out of view can still be in it.
@@ -60,8 +68,8 @@ class ChainParams:
     def __post_init__(self) -> None:
         if self.off_chain_mm < 0 or self.window_mm <= 0:
             raise ValueError("off_chain_mm must be >= 0 and window_mm > 0")
-        if self.min_neighbours < 1:
-            raise ValueError("min_neighbours must be >= 1")
+        if self.min_neighbours < 1 or self.halves_k_mm < 0 or self.halves_j_mm < 0:
+            raise ValueError("min_neighbours must be >= 1, halves_k_mm and halves_j_mm >= 0")
         if self.min_partial_mm3 <= 0:
             raise ValueError("min_partial_mm3 must be > 0")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
@@ -77,13 +85,37 @@ def off_chain(centers_mm: np.ndarray, params: ChainParams | None = None) -> np.n
     c = np.asarray(centers_mm, dtype=np.float64).reshape(-1, 3)
     if p.off_chain_mm <= 0 or c.shape[0] < 3:
         return np.zeros(c.shape[0], dtype=bool)
+    return np.linalg.norm(c[:, 1:] - _axis(c, p), axis=1) > p.off_chain_mm
+
+
+def _axis(c: np.ndarray, p: ChainParams) -> np.ndarray:
+    """(N, 2) the spine's (j, i) near each centre of ``c`` (N, 3): the median over the centres within
+    ``window_mm`` along k, or over its ``min_neighbours`` nearest along k if that reaches further."""
     dk = np.abs(c[:, None, 0] - c[None, :, 0])  # (N, N), small N
     m = min(p.min_neighbours, c.shape[0]) - 1
     reach = np.maximum(p.window_mm, np.partition(dk, m, axis=1)[:, m])
-    near = dk <= reach[:, None]
-    ji = np.where(near[:, :, None], c[None, :, 1:], np.nan)
-    axis = np.nanmedian(ji, axis=1)
-    return np.linalg.norm(c[:, 1:] - axis, axis=1) > p.off_chain_mm
+    ji = np.where((dk <= reach[:, None])[:, :, None], c[None, :, 1:], np.nan)
+    return np.nanmedian(ji, axis=1)
+
+
+def join_halves(centers_mm: np.ndarray, params: ChainParams | None = None) -> np.ndarray:
+    """(M <= N, 3) centres, top to bottom along k, with each pair of successive candidates closer than
+    ``halves_k_mm`` along k and ``halves_j_mm`` in j, on either side of the spine's axis, replaced by their
+    mean: one vertebra's two sides. ``centers_mm`` (N, 3) canonical (k, j, i) in mm."""
+    p = params or ChainParams()
+    c = np.asarray(centers_mm, dtype=np.float64).reshape(-1, 3)
+    c = c[np.argsort(c[:, 0], kind="stable")]
+    if p.halves_k_mm <= 0 or c.shape[0] < 3:
+        return c
+    d = np.abs(np.diff(c, axis=0))
+    axis_i = _axis(c, p)[:, 1]
+    mid_off = np.abs(0.5 * (c[:-1, 2] + c[1:, 2]) - 0.5 * (axis_i[:-1] + axis_i[1:]))
+    same = (d[:, 0] < p.halves_k_mm) & (d[:, 1] < p.halves_j_mm) & (mid_off < 0.25 * d[:, 2])
+    same[1:] &= ~same[:-1]  # pairs only: a third close candidate starts a group of its own
+    group = np.concatenate([[0], np.cumsum(~same)])
+    n = int(group[-1]) + 1
+    return np.stack([np.bincount(group, weights=c[:, a], minlength=n) for a in range(3)], axis=1) / \
+        np.bincount(group, minlength=n)[:, None]
 
 
 def close_pairs(centers_mm: np.ndarray, params: ChainParams | None = None) -> list[tuple[int, int]]:

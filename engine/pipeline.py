@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from engine import labels as L
-from engine.chain import ChainParams, close_pairs, end_centres, is_split, missed_centres, off_chain
+from engine.chain import (ChainParams, close_pairs, end_centres, is_split, join_halves, missed_centres,
+                          off_chain)
 from engine.cluster import ClusterParams, cluster_boxes, stage1_points
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
@@ -256,7 +257,7 @@ class Cascade:
         result.info["boxes"] = len(boxes)
         with clock.stage("cluster"):
             cands = cluster_boxes(boxes, self.cluster_params(band))
-            mm = np.stack([c.center_mm for c in cands]) if cands else np.zeros((0, 3))
+            mm = join_halves(np.stack([c.center_mm for c in cands]), cfg.chain) if cands else np.zeros((0, 3))
             stray = off_chain(mm, cfg.chain)
         if not cands:
             why = "no bone found" if band.slices.size == 0 else (
@@ -265,6 +266,7 @@ class Cascade:
             return self._finish(result, clock)
         centers = mm[~stray] / sp  # canonical (k, j, i) indices
         result.info["candidates"] = len(cands)
+        result.info["halves_joined"] = len(cands) - len(mm)
         result.info["off_chain"] = int(stray.sum())
 
         with clock.stage("segment"):

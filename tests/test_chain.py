@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pipeline_synth as ps
-from engine.chain import ChainParams, close_pairs, end_centres, is_split, missed_centres, off_chain
+from engine.chain import ChainParams, close_pairs, end_centres, is_split, join_halves, missed_centres, off_chain
 from engine.label import decode_labels
 from engine.labels import IDS
 from engine.pipeline import Cascade
@@ -270,3 +270,27 @@ def test_extend_two_missed_neighbours_in_one_pass(synth):
     # Order of the proposals does not matter.
     rev = extend(three, sess, canon.array, guesses[::-1], pp, 1.0)
     assert sorted(rev.voxels[3:]) == sorted(more.voxels[3:])
+
+
+def test_join_halves_makes_one_centre_of_a_vertebras_two_sides():
+    # The demo sample's candidates (mm, canonical k, j, i): the sacrum as one cluster per ala, 35 mm either
+    # side of the spine (i ~ 65); L1 as two clusters 5 mm apart, both on the left (not two sides).
+    c = np.array([[6.1, 106.6, 65.7], [18.3, 103.3, 65.2], [44.8, 97.3, 64.6], [69.5, 89.8, 50.0],
+                  [74.8, 89.3, 69.6], [102.4, 81.3, 65.0], [135.3, 74.2, 64.9], [168.6, 69.5, 66.5],
+                  [204.1, 71.3, 66.4], [233.6, 80.9, 64.8], [284.6, 114.8, 29.5], [287.3, 113.6, 99.5]])
+    out = join_halves(c[::-1])  # any order in, top to bottom out
+    assert out.shape == (11, 3)
+    np.testing.assert_allclose(out[-1], c[10:].mean(axis=0))
+    assert abs(out[-1, 2] - 65.0) < 1.0  # the sacrum's ROI on the midline, not on one ala
+    np.testing.assert_array_equal(out[:-1], c[:-2])
+    # A real CT (tssample-example-ct): a stray 53 mm beside the sacrum, 2 mm higher, is not its other
+    # side; and L1's two clusters 10 mm apart along the spine stay two (the segmenter merges them).
+    real = np.array([[15.1, 208.2, 192.2], [40.5, 200.2, 208.0], [51.0, 197.2, 189.6], [79.0, 188.5, 193.8],
+                     [113.3, 181.3, 191.8], [149.1, 180.3, 190.5], [182.2, 190.9, 189.5], [213.4, 225.5, 135.5],
+                     [215.1, 220.7, 188.6]])
+    np.testing.assert_array_equal(join_halves(real), real)
+    # Real neighbours are never that close, even in the neck (16 mm steps here): nothing joined.
+    np.testing.assert_array_equal(join_halves(FULL), FULL)
+    np.testing.assert_array_equal(join_halves(c, ChainParams(halves_k_mm=0)), c)
+    with pytest.raises(ValueError):
+        ChainParams(halves_k_mm=-1)
