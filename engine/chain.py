@@ -19,7 +19,8 @@ Two facts of anatomy the per-vertebra models do not know:
 * the chain's two ends: a vertebra cut by the field of view leaves a few slices of bone that give the
   detector too few boxes, yet it is a vertebra of the scan (VerSe labels it, the robot may drill next to
   it). One step beyond each end (unless that end is C1, the sacrum or the coccyx), the part of the next
-  vertebra inside the field of view is segmented the same way, with a smaller minimum volume.
+  vertebra inside the field of view is segmented the same way, with a smaller minimum volume. Loose
+  bone at the scan's faces beyond an end (a spinous tip) is proposed by ``engine.fragments``.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class ChainParams:
     (0 disables); the window widens to hold at least ``min_neighbours`` candidates (itself included)."""
 
     recover: bool = True
+    # Rounds of looking for missed levels: each decodes again with what the last one found.
+    recover_rounds: int = 2
     off_chain_mm: float = 35.0
     window_mm: float = 60.0
     # At a chain's end the window holds few vertebrae, and two strays (a hip and an iliac wing beside the
@@ -52,6 +55,7 @@ class ChainParams:
     halves_k_mm: float = 8.0
     halves_j_mm: float = 20.0
     ends: bool = True  # also look one step beyond each end of the chain
+    fragments: bool = True  # and for loose bone at the scan's faces there (engine.fragments)
     # How far from its centre the next vertebra may show, in steps: thoracic spinous processes reach
     # about one level down, so parts of a vertebra whose body is out of view can still be in it.
     end_reach: float = 0.75
@@ -70,6 +74,8 @@ class ChainParams:
             raise ValueError("off_chain_mm must be >= 0 and window_mm > 0")
         if self.min_neighbours < 1 or self.halves_k_mm < 0 or self.halves_j_mm < 0:
             raise ValueError("min_neighbours must be >= 1, halves_k_mm and halves_j_mm >= 0")
+        if self.recover_rounds < 1:
+            raise ValueError("recover_rounds must be >= 1")
         if self.min_partial_mm3 <= 0:
             raise ValueError("min_partial_mm3 must be > 0")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
@@ -151,12 +157,12 @@ def missed_centres(centers: np.ndarray, missed: list[tuple[int, int, list[int]]]
 
 
 # Nothing lies above C1 or below the sacrum/coccyx that the cascade should label.
-_NO_ABOVE = (1,)
-_NO_BELOW = (26, 27)
+NO_ABOVE = (1,)
+NO_BELOW = (26, 27)
 TRANSITIONAL = (25, 28)  # L6, T13: absent in most spines
 
 
-def _levels_between(a: int, b: int) -> int:
+def levels_between(a: int, b: int) -> int:
     """Anatomical steps from level a to level b (>= 1): transitional T13 / L6 count only when named."""
     ia, ib = sorted((ORDER_INDEX.get(a, 0), ORDER_INDEX.get(b, 0)))
     between = [lab for lab in CRANIOCAUDAL[ia + 1:ib] if lab not in TRANSITIONAL]
@@ -178,11 +184,11 @@ def end_centres(centers: np.ndarray, labels, extent: int, reach: float = 0.75) -
         return np.zeros((0, 3))
     o = np.argsort(c[:, 0], kind="stable")
     out = []
-    for end, prev, bad in ((o[0], o[1], _NO_ABOVE), (o[-1], o[-2], _NO_BELOW)):
+    for end, prev, bad in ((o[0], o[1], NO_ABOVE), (o[-1], o[-2], NO_BELOW)):
         if int(labels[end]) in bad:
             continue
         # One level's step: the decoder may have named a missed level between the end and its neighbour.
-        step = (c[end] - c[prev]) / _levels_between(int(labels[prev]), int(labels[end]))
+        step = (c[end] - c[prev]) / levels_between(int(labels[prev]), int(labels[end]))
         if abs(step[0]) < 1.0:
             continue
         half = reach * abs(step[0])

@@ -85,11 +85,14 @@ def classify(session, owner, iso, centers_kji, boxes, pp: dict, spacing: float, 
     return np.concatenate(probs) if probs else np.zeros((0, 0))
 
 
-def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels + confidences of vertebrae from their labeller probabilities and centres (engine.sequence).
 
     The chain model needs the candidates top to bottom; they are sorted by height here (LPS +Z is
     superior) and the answer is returned in the caller's order. info: the SequenceResult and warnings.
+    ``end``: (N,) int, -1 / +1 for the part of a vertebra cut by the field of view beyond the chain's
+    top / bottom end (it goes first / last whatever its centroid's height: a spinous tip hanging from
+    the vertebra above can sit below the first body), 0 for the others.
     """
     from engine import labels as L
     from engine.sequence import decode_sequence
@@ -99,8 +102,9 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray) -> tuple[
     n = probs.shape[0]
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0), {"warnings": [], "missed": []}
-    order = np.argsort(-centers_lps[:, 2], kind="stable")  # highest first
-    seq = decode_sequence(probs[order], [int(c) for c in classes], centers_lps[order])
+    end = np.zeros(n, dtype=np.int64) if end is None else np.asarray(end, dtype=np.int64).reshape(-1)
+    order = np.lexsort((-centers_lps[:, 2], end))  # top end, then highest first, then bottom end
+    seq = decode_sequence(probs[order], [int(c) for c in classes], centers_lps[order], partial=end[order] != 0)
     labels = np.empty(n, dtype=np.int64)
     conf = np.empty(n, dtype=np.float64)
     labels[order] = seq.labels

@@ -23,6 +23,7 @@ from engine.chain import (ChainParams, close_pairs, end_centres, is_split, join_
 from engine.cluster import ClusterParams, cluster_boxes, stage1_points
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
+from engine.fragments import border_fragments
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
 from engine.segment import SegmentParams, extend, interface, mask_threshold, merge, segment
@@ -321,28 +322,52 @@ class Cascade:
 
     def _recover(self, seg, iso, canon: Canonical, probs, labs, info):
         """Segment the levels the decoder says were missed and the vertebrae cut at the chain's ends;
-        label and decode again if any is found (engine.chain). None when nothing new was found."""
+        label and decode again if any is found (engine.chain). None when nothing new was found.
+
+        A gap of several levels can be decoded one level short (the spacing shrinks up the spine): the
+        new masks then leave a gap that the next decode names, so missed levels are looked for again,
+        up to ``recover_rounds`` times while each round finds something."""
         cfg = self.config
-        props = [missed_centres(seg.centers_kji, info["missed"])]
-        if cfg.chain.ends:
-            props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach))
-        partial = np.concatenate([np.zeros(len(props[0]), bool)] + [np.ones(len(q), bool) for q in props[1:]])
-        props = np.concatenate(props)
-        if not len(props):
+        found, n_found = None, 0
+        end = np.zeros(len(seg.voxels), dtype=np.int64)  # -1 / +1: a part beyond the top / bottom end
+        for r in range(cfg.chain.recover_rounds):
+            props = [missed_centres(seg.centers_kji, info["missed"])]
+            kind = [np.zeros(len(props[0]), np.int64)]  # 0: missed level, 1: beyond an end, 2: a loose piece
+            if cfg.chain.ends and r == 0:
+                props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach))
+                props.append(border_fragments(iso, seg.owner, seg.centers_kji, labs, self.spacing) if cfg.chain.fragments
+                             else np.zeros((0, 3)))
+                kind += [np.ones(len(props[1]), np.int64), np.full(len(props[2]), 2)]
+            props, kind = np.concatenate(props), np.concatenate(kind)
+            if not len(props):
+                break
+            # A loose piece whose ROI segments a found vertebra is that vertebra's (its mask stopped
+            # short of the face), so only a slab beyond an end may keep the voxels nobody holds.
+            partial = kind == 1
+            # A loose piece says nothing of its level (a spinous tip) and its centroid is not the
+            # vertebra's: the decoder places it next to its end. A slab beyond an end is mostly a whole
+            # vertebra the detector missed: its scores and centre count as any other's.
+            side = np.where(props[:, 0] < np.median(seg.centers_kji[:, 0]), -1, 1) * (kind == 2)
+            # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
+            params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
+            more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
+                          self.spacing, params, max_batch=cfg.max_batch.get("segmenter"), partial=partial)
+            m0 = len(seg.voxels)
+            if not more.recovered:
+                break
+            end = np.concatenate([end, side[-1 - np.asarray(more.source[m0:])]])
+            # Found vertebrae that gave voxels back have new masks: all are scored again then.
+            probs = (self._classify(more, iso) if more.reclaimed
+                     else np.concatenate([probs, self._classify(more, iso, first=m0)]))
+            labs, conf, info = self._decode(probs, canon.index_to_lps(more.centers_kji), end)
+            n_found += len(more.recovered)
+            more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
+            seg, found = more, (more, probs, labs, conf, info)
+        if found is None:
             return None
-        # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
-        params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
-        more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
-                      self.spacing, params, max_batch=cfg.max_batch.get("segmenter"), partial=partial)
-        m0 = len(seg.voxels)
-        if not more.recovered:
-            return None
-        # Found vertebrae that gave voxels back have new masks: all are scored again then.
-        probs = self._classify(more, iso) if more.reclaimed else np.concatenate([probs, self._classify(more, iso, first=m0)])
-        labs, conf, info2 = self._decode(probs, canon.index_to_lps(more.centers_kji))
-        info2["warnings"] = [f"{len(more.recovered)} vertebra(e) missed by the detector found by the chain logic "
-                             f"(a gap in the label sequence, or cut by the field of view at an end)"] + info2["warnings"]
-        return more, probs, labs, conf, info2
+        info["warnings"] = [f"{n_found} vertebra(e) missed by the detector found by the chain logic "
+                            f"(a gap in the label sequence, or cut by the field of view at an end)"] + info["warnings"]
+        return found
 
     def _detect(self, iso):
         band = select_slices(iso, self.spacing, self.config.detect)
@@ -368,10 +393,10 @@ class Cascade:
         reach = 2 * int(np.floor(p.eps_mm / step)) + 1
         return replace(p, min_samples=max(1, min(p.min_samples, reach)))
 
-    def _decode(self, probs: np.ndarray, centers_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _decode(self, probs: np.ndarray, centers_lps: np.ndarray, end=None) -> tuple[np.ndarray, np.ndarray, dict]:
         from engine.label import decode_labels
 
-        return decode_labels(probs, self.classes, centers_lps)
+        return decode_labels(probs, self.classes, centers_lps, end)
 
     def _vertebrae(self, vol: Volume, canon: Canonical, seg, labs, conf, probs, warnings) -> list[Vertebra]:
         from scipy.ndimage import find_objects

@@ -214,7 +214,8 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
             if not (partial is not None and partial[i]):
                 return
             take = above & ~found
-            if not bool(take.any()) or not _beyond(take, lo, proposals[i], centers, ow[above & found], xp):
+            seen = centers if not kept else np.concatenate([centers, np.stack([k[0] for k in kept])])
+            if not bool(take.any()) or not _beyond(take, lo, proposals[i], seen, ow[above & found], xp):
                 return
             best = xp.where(found, xp.float32(2.0), best)  # the found vertebrae keep all of theirs
         old = ow.copy()

@@ -231,13 +231,18 @@ def _posteriors(E: np.ndarray, Ts: list[np.ndarray], prior: np.ndarray) -> np.nd
 
 
 def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None = None,
-                    logits: bool = False) -> SequenceResult:
+                    logits: bool = False, partial=None) -> SequenceResult:
     """Most probable consistent labels for vertebra candidates ordered top to bottom.
 
     scores: (N, C) labeller output per candidate, probabilities (or ``logits=True`` for raw logits,
     softmaxed here); classes: the C VerSe IDs of the columns (0 = background is allowed and ignored);
     centers_mm: (N, 3) centres in any millimetre frame (only distances between consecutive
     candidates are used). Returns labels and confidences in the input order.
+
+    partial: (N,) bool, candidates that are only the part of a vertebra inside the field of view (at
+    either end of the chain). Neither their scores nor their centres say which level they are (a
+    labeller sees a fragment; a fragment's centroid is not the vertebra's centre), so they carry no
+    emission and no gap evidence: they take the level next to their neighbour.
     """
     p = params or SequenceParams()
     S = np.asarray(to_numpy(scores), dtype=np.float64)
@@ -258,12 +263,17 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
     elif np.any(S < 0):
         raise ValueError("probability scores must be >= 0 (pass logits=True for raw logits)")
     E = _emissions(S, classes, p.prob_floor)
+    part = np.zeros(n, dtype=bool) if partial is None else np.asarray(to_numpy(partial), dtype=bool).reshape(-1)
+    if part.shape != (n,):
+        raise ValueError(f"partial must be ({n},), got {part.shape}")
+    E[part] = 0.0
     if n > _S:  # more candidates than levels: no strictly ordered labelling exists
         idx = np.argmax(E, axis=1)
         return SequenceResult([int(_STATES[i]) for i in idx], [float(np.exp(E[t, i])) for t, i in enumerate(idx)],
                               float(E[np.arange(n), idx].sum()), [], 1.0, consistent=False)
     model = _Model(p)
     gaps = np.linalg.norm(np.diff(C, axis=0), axis=1)
+    gaps[part[:-1] | part[1:]] = np.nan  # no geometry: transition() then allows no skip there
     prior = model.state_prior.copy()
 
     def run(scale: float):
@@ -275,7 +285,8 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
     Ts, path, best = run(scale)
     if p.estimate_scale and n >= 3 and np.isfinite(best):
         ratios = gaps / model.dist[path[:-1], path[1:]]
-        est = float(np.clip(np.median(ratios), *p.scale_bounds))
+        ratios = ratios[np.isfinite(ratios)]
+        est = float(np.clip(np.median(ratios), *p.scale_bounds)) if ratios.size else 1.0
         if abs(est - 1.0) > 0.02:
             scale = est
             Ts, path, best = run(scale)

@@ -294,3 +294,19 @@ def test_join_halves_makes_one_centre_of_a_vertebras_two_sides():
     np.testing.assert_array_equal(join_halves(c, ChainParams(halves_k_mm=0)), c)
     with pytest.raises(ValueError):
         ChainParams(halves_k_mm=-1)
+
+
+def test_decode_labels_puts_a_top_piece_first_whatever_its_height():
+    # The spinous tip hanging from the vertebra above the first body sits lower than that body's centre:
+    # sorted by height it would come second. Marked as beyond the top end (-1) it comes first.
+    labs = [IDS[n] for n in ("T8", "T9", "T10", "T11")]
+    z = np.array([0.0, 24, 49, 75])
+    lps = np.stack([np.zeros(4), np.zeros(4), -z], 1)
+    piece = [[0.0, 40.0, -4.0]]  # 4 mm below T8's centre, 40 mm behind it
+    classes = list(range(1, 29))
+    probs = np.full((5, 28), 0.1 / 27)
+    for row, lab in enumerate(labs):
+        probs[row, lab - 1] = 0.9
+    probs[4] = 1 / 28
+    got, _, info = decode_labels(probs, classes, np.concatenate([lps, piece]), end=[0, 0, 0, 0, -1])
+    assert got.tolist() == labs + [IDS["T7"]] and info["missed"] == []

@@ -262,3 +262,23 @@ def test_transitional_prior_needs_clear_scores():
     assert decode_sequence(S, ALL, centres(labs)).labels == labs
     set_row(S, len(labs) - 1, {28: 0.8, IDS["L1"]: 0.1})
     assert decode_sequence(S, ALL, centres(labs)).names[-1] == "T13"
+
+
+def test_a_loose_piece_takes_the_level_next_to_its_end():
+    # T6..T11 and, above T6, the spinous tip of T5 hanging into the top slices: its centroid 40 mm behind
+    # the bodies and level with T6 (a 3-D gap that reads as a missed level), and the labeller scoring the
+    # fragment as T2. As a partial row it carries neither: it becomes T5, the others keep their labels.
+    labs = span("T6", "T11")
+    c = centres(labs)
+    piece = c[0] + [2.0, 40.0, 0.0]
+    S = np.concatenate([onehot([IDS["T2"]], 0.9), onehot(labs, 0.7)])
+    C = np.concatenate([[piece], c])
+    part = [True] + [False] * len(labs)
+    r = decode_sequence(S, ALL, C, partial=part)
+    assert r.labels == ids("T5") + labs and r.missed == []
+    # Read as a whole vertebra it would not be T5 (the gap and the scores both say otherwise).
+    assert decode_sequence(S, ALL, C).labels[0] != IDS["T5"]
+    # Its gap is left out of the patient's scale: the same scale as without the piece.
+    assert r.scale == pytest.approx(decode_sequence(onehot(labs, 0.7), ALL, c).scale)
+    with pytest.raises(ValueError):
+        decode_sequence(S, ALL, C, partial=part[1:])
