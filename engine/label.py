@@ -85,14 +85,17 @@ def classify(session, owner, iso, centers_kji, boxes, pp: dict, spacing: float, 
     return np.concatenate(probs) if probs else np.zeros((0, 0))
 
 
-def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
+                  volumes=None, cut=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels + confidences of vertebrae from their labeller probabilities and centres (engine.sequence).
 
     The chain model needs the candidates top to bottom; they are sorted by height here (LPS +Z is
     superior) and the answer is returned in the caller's order. info: the SequenceResult and warnings.
     ``end``: (N,) int, -1 / +1 for the part of a vertebra cut by the field of view beyond the chain's
     top / bottom end (it goes first / last whatever its centroid's height: a spinous tip hanging from
-    the vertebra above can sit below the first body), 0 for the others.
+    the vertebra above can sit below the first body), 0 for the others. ``volumes``: (N,) mask volumes
+    and ``cut``: (N,) whether the field of view cuts each (a small one it does not cut may be decoded
+    as no vertebra: label 0, listed in info["dropped"]).
     """
     from engine import labels as L
     from engine.sequence import decode_sequence
@@ -101,21 +104,27 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None)
     centers_lps = np.asarray(centers_lps, dtype=np.float64).reshape(-1, 3)
     n = probs.shape[0]
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0), {"warnings": [], "missed": []}
+        return np.zeros(0, np.int64), np.zeros(0), {"warnings": [], "missed": [], "dropped": []}
     end = np.zeros(n, dtype=np.int64) if end is None else np.asarray(end, dtype=np.int64).reshape(-1)
     order = np.lexsort((-centers_lps[:, 2], end))  # top end, then highest first, then bottom end
-    seq = decode_sequence(probs[order], [int(c) for c in classes], centers_lps[order], partial=end[order] != 0)
+    seq = decode_sequence(probs[order], [int(c) for c in classes], centers_lps[order], partial=end[order] != 0,
+                          volumes=None if volumes is None else np.asarray(volumes, dtype=np.float64)[order],
+                          cut=None if cut is None else np.asarray(cut, dtype=bool)[order])
     labels = np.empty(n, dtype=np.int64)
     conf = np.empty(n, dtype=np.float64)
     labels[order] = seq.labels
     conf[order] = seq.confidence
     warnings = []
-    # Missed levels as (vertebra above, vertebra below, levels) in the caller's order.
-    missed = [(int(order[t]), int(order[t + 1]), [int(x) for x in levels]) for t, levels in seq.missed]
+    # Missed levels as (vertebra above, vertebra below, levels) in the caller's order; the one below is
+    # the next candidate kept (the decoder may drop candidates that are not vertebrae: label 0).
+    kept = [t for t in range(n) if t not in set(seq.dropped)]
+    below = {a: b for a, b in zip(kept, kept[1:])}
+    missed = [(int(order[t]), int(order[below[t]]), [int(x) for x in levels]) for t, levels in seq.missed]
     if not seq.consistent:
         warnings.append("labels could not be made anatomically consistent (more vertebrae than levels)")
     for t, levels in seq.missed:
-        a, b = L.name(seq.labels[t]), L.name(seq.labels[t + 1])
+        a, b = L.name(seq.labels[t]), L.name(seq.labels[below[t]])
         warnings.append(f"vertebra(e) {', '.join(L.name(x) for x in levels)} between {a} and {b} "
                         f"appear missing (not detected)")
-    return labels, conf, {"warnings": warnings, "scale": seq.scale, "log_score": seq.log_score, "missed": missed}
+    return labels, conf, {"warnings": warnings, "scale": seq.scale, "log_score": seq.log_score, "missed": missed,
+                          "dropped": sorted(int(order[t]) for t in seq.dropped)}

@@ -26,7 +26,7 @@ from engine.errors import InputError, ModelError
 from engine.fragments import border_fragments
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
-from engine.segment import SegmentParams, extend, interface, mask_threshold, merge, segment
+from engine.segment import SegmentParams, discard, extend, interface, mask_threshold, merge, segment
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
@@ -284,7 +284,9 @@ class Cascade:
 
         with clock.stage("label"):
             probs = self._classify(seg, iso)
-            labs, conf, info = self._decode(probs, canon.index_to_lps(seg.centers_kji))
+            labs, conf, info = self._decode(probs, canon.index_to_lps(seg.centers_kji), None, seg, iso.shape[0])
+            seg, probs, labs, conf, n_out = self._discard(seg, probs, labs, conf, info)
+            result.info["not_vertebrae"] = n_out
         if cfg.chain.recover:
             with clock.stage("recover"):
                 found = self._recover(seg, iso, canon, probs, labs, info)
@@ -359,9 +361,12 @@ class Cascade:
             # Found vertebrae that gave voxels back have new masks: all are scored again then.
             probs = (self._classify(more, iso) if more.reclaimed
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
-            labs, conf, info = self._decode(probs, canon.index_to_lps(more.centers_kji), end)
+            labs, conf, info = self._decode(probs, canon.index_to_lps(more.centers_kji), end, more, iso.shape[0])
             n_found += len(more.recovered)
             more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
+            keep = np.setdiff1d(np.arange(len(end)), info["dropped"])
+            more, probs, labs, conf, _ = self._discard(more, probs, labs, conf, info)
+            end = end[keep]
             seg, found = more, (more, probs, labs, conf, info)
         if found is None:
             return None
@@ -393,10 +398,31 @@ class Cascade:
         reach = 2 * int(np.floor(p.eps_mm / step)) + 1
         return replace(p, min_samples=max(1, min(p.min_samples, reach)))
 
-    def _decode(self, probs: np.ndarray, centers_lps: np.ndarray, end=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    @staticmethod
+    def _discard(seg, probs, labs, conf, info):
+        """Without the candidates the decoder took for no vertebra of the chain (label 0); ``info``'s
+        missed-level indices are renumbered to match. Returns them and how many went."""
+        out = info.get("dropped", [])
+        if not out:
+            return seg, probs, labs, conf, 0
+        keep = np.setdiff1d(np.arange(len(labs)), out)
+        new_of = np.full(len(labs), -1, dtype=np.int64)
+        new_of[keep] = np.arange(len(keep))
+        info["missed"] = [(int(new_of[a]), int(new_of[b]), lv) for a, b, lv in info["missed"]]
+        info["dropped"] = []
+        info["warnings"] = [f"{len(out)} candidate(s) taken for no vertebra of the chain (a piece segmented "
+                            f"apart, a stray) and left out"] + info["warnings"]
+        return discard(seg, out), probs[keep], labs[keep], conf[keep], len(out)
+
+    def _decode(self, probs: np.ndarray, centers_lps: np.ndarray, end=None, seg=None,
+                extent: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
         from engine.label import decode_labels
 
-        return decode_labels(probs, self.classes, centers_lps, end)
+        if seg is None:
+            return decode_labels(probs, self.classes, centers_lps, end)
+        # Cut by the field of view: the mask reaches the scan's first or last slice along the spine.
+        cut = np.array([b[0].start <= 0 or b[0].stop >= extent for b in seg.boxes], dtype=bool)
+        return decode_labels(probs, self.classes, centers_lps, end, seg.voxels, cut)
 
     def _vertebrae(self, vol: Volume, canon: Canonical, seg, labs, conf, probs, warnings) -> list[Vertebra]:
         from scipy.ndimage import find_objects

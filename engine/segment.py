@@ -269,6 +269,31 @@ def interface(owner, a: int, b: int, box_a, box_b) -> int:
     return faces
 
 
+def discard(seg: Segmentation, which: Sequence[int]) -> Segmentation:
+    """Without vertebrae ``which`` (0-based): their voxels become background (and leave the probability
+    map, so the output's sub-voxel boundary does not bring them back); the rest keep their order and are
+    renumbered. Their candidates go to ``dropped``."""
+    gone = sorted({int(i) for i in which})
+    if not gone:
+        return seg
+    xp = get_xp(seg.owner)
+    m = len(seg.voxels)
+    keep = np.setdiff1d(np.arange(m), gone)
+    lut = np.zeros(m + 1, dtype=np.int64)
+    lut[keep + 1] = np.arange(1, len(keep) + 1)
+    owner = xp.asarray(lut.astype(seg.owner.dtype))[seg.owner]
+    prob = seg.prob
+    if prob is not None:
+        prob = xp.where((owner == 0) & (seg.owner > 0), xp.uint8(0), prob)
+    new_of = np.full(m, -1, dtype=np.int64)
+    new_of[keep] = np.arange(len(keep))
+    return replace(seg, owner=owner, prob=prob, centers_kji=seg.centers_kji[keep], voxels=seg.voxels[keep],
+                   boxes=[seg.boxes[i] for i in keep], source=np.asarray(seg.source)[keep],
+                   dropped=list(seg.dropped) + [int(seg.source[i]) for i in gone],
+                   recovered=[int(new_of[i]) for i in seg.recovered if new_of[i] >= 0],
+                   reclaimed=[int(new_of[i]) for i in seg.reclaimed if new_of[i] >= 0])
+
+
 def merge(seg: Segmentation, pairs: list[tuple[int, int]]) -> Segmentation:
     """Merge vertebra b into a for each (a, b) (0-based, disjoint pairs): one mask, its centroid and box;
     the rest keep their order and are renumbered. b's candidate goes to ``merged``."""

@@ -310,3 +310,19 @@ def test_decode_labels_puts_a_top_piece_first_whatever_its_height():
     probs[4] = 1 / 28
     got, _, info = decode_labels(probs, classes, np.concatenate([lps, piece]), end=[0, 0, 0, 0, -1])
     assert got.tolist() == labs + [IDS["T7"]] and info["missed"] == []
+
+
+def test_discard_removes_a_vertebra_and_renumbers_the_rest(synth):
+    from engine.segment import discard
+
+    canon, sess, pp, full, o = _five_blocks(synth)
+    gone = int(o[2])
+    out = discard(full, [gone])
+    assert len(out.voxels) == 4 and out.dropped == list(full.dropped) + [int(full.source[gone])]
+    assert not ((full.owner == gone + 1) & (out.owner > 0)).any()  # its voxels are background ...
+    assert not (out.prob[full.owner == gone + 1] > 0).any()  # ... and leave the probability map
+    keep = [i for i in range(5) if i != gone]
+    for new, old in enumerate(keep):
+        np.testing.assert_array_equal(out.owner == new + 1, full.owner == old + 1)
+        np.testing.assert_array_equal(out.centers_kji[new], full.centers_kji[old])
+    assert discard(full, []) is full
