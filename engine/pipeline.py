@@ -284,9 +284,8 @@ class Cascade:
 
         with clock.stage("label"):
             probs = self._classify(seg, iso)
-            labs, conf, info = self._decode(probs, canon.index_to_lps(seg.centers_kji), None, seg, iso.shape[0])
-            seg, probs, labs, conf, n_out = self._discard(seg, probs, labs, conf, info)
-            result.info["not_vertebrae"] = n_out
+            labs, conf, info = self._decode(seg, probs, canon, iso.shape[0])
+            seg, probs, labs, conf, _ = self._discard(seg, probs, labs, conf, info)
         if cfg.chain.recover:
             with clock.stage("recover"):
                 found = self._recover(seg, iso, canon, probs, labs, info)
@@ -361,11 +360,10 @@ class Cascade:
             # Found vertebrae that gave voxels back have new masks: all are scored again then.
             probs = (self._classify(more, iso) if more.reclaimed
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
-            labs, conf, info = self._decode(probs, canon.index_to_lps(more.centers_kji), end, more, iso.shape[0])
+            labs, conf, info = self._decode(more, probs, canon, iso.shape[0], end)
             n_found += len(more.recovered)
             more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
-            keep = np.setdiff1d(np.arange(len(end)), info["dropped"])
-            more, probs, labs, conf, _ = self._discard(more, probs, labs, conf, info)
+            more, probs, labs, conf, keep = self._discard(more, probs, labs, conf, info)
             end = end[keep]
             seg, found = more, (more, probs, labs, conf, info)
         if found is None:
@@ -401,28 +399,27 @@ class Cascade:
     @staticmethod
     def _discard(seg, probs, labs, conf, info):
         """Without the candidates the decoder took for no vertebra of the chain (label 0); ``info``'s
-        missed-level indices are renumbered to match. Returns them and how many went."""
+        missed-level indices are renumbered to match. Returns them and the kept indices."""
         out = info.get("dropped", [])
-        if not out:
-            return seg, probs, labs, conf, 0
         keep = np.setdiff1d(np.arange(len(labs)), out)
+        if not out:
+            return seg, probs, labs, conf, keep
         new_of = np.full(len(labs), -1, dtype=np.int64)
         new_of[keep] = np.arange(len(keep))
         info["missed"] = [(int(new_of[a]), int(new_of[b]), lv) for a, b, lv in info["missed"]]
         info["dropped"] = []
         info["warnings"] = [f"{len(out)} candidate(s) taken for no vertebra of the chain (a piece segmented "
                             f"apart, a stray) and left out"] + info["warnings"]
-        return discard(seg, out), probs[keep], labs[keep], conf[keep], len(out)
+        return discard(seg, out), probs[keep], labs[keep], conf[keep], keep
 
-    def _decode(self, probs: np.ndarray, centers_lps: np.ndarray, end=None, seg=None,
-                extent: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _decode(self, seg, probs: np.ndarray, canon: Canonical, extent: int,
+                end=None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Labels of ``seg``'s vertebrae; ``extent``: the scan's slices along the spine (a mask that
+        reaches its first or last is cut by the field of view); ``end``: see ``decode_labels``."""
         from engine.label import decode_labels
 
-        if seg is None:
-            return decode_labels(probs, self.classes, centers_lps, end)
-        # Cut by the field of view: the mask reaches the scan's first or last slice along the spine.
         cut = np.array([b[0].start <= 0 or b[0].stop >= extent for b in seg.boxes], dtype=bool)
-        return decode_labels(probs, self.classes, centers_lps, end, seg.voxels, cut)
+        return decode_labels(probs, self.classes, canon.index_to_lps(seg.centers_kji), end, seg.voxels, cut)
 
     def _vertebrae(self, vol: Volume, canon: Canonical, seg, labs, conf, probs, warnings) -> list[Vertebra]:
         from scipy.ndimage import find_objects
