@@ -345,10 +345,11 @@ class Cascade:
             # A loose piece whose ROI segments a found vertebra is that vertebra's (its mask stopped
             # short of the face), so only a slab beyond an end may keep the voxels nobody holds.
             partial = kind == 1
+            beyond = np.where(props[:, 0] < np.median(seg.centers_kji[:, 0]), -1, 1)  # top / bottom end
             # A loose piece says nothing of its level (a spinous tip) and its centroid is not the
             # vertebra's: the decoder places it next to its end. A slab beyond an end is mostly a whole
             # vertebra the detector missed: its scores and centre count as any other's.
-            side = np.where(props[:, 0] < np.median(seg.centers_kji[:, 0]), -1, 1) * (kind == 2)
+            side = beyond * (kind == 2)
             # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
             params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
             more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
@@ -356,7 +357,20 @@ class Cascade:
             m0 = len(seg.voxels)
             if not more.recovered:
                 break
-            end = np.concatenate([end, side[-1 - np.asarray(more.source[m0:])]])
+            src = -1 - np.asarray(more.source[m0:])
+            end = np.concatenate([end, side[src]])
+            # A slab beyond an end and a loose piece on the same side, both kept, are the next vertebra's
+            # body and arch (with its body only a slab in view, nothing further is): one vertebra, placed
+            # next to its end like a piece.
+            pairs = []
+            for sgn in (-1, 1):
+                new = m0 + np.flatnonzero((kind[src] > 0) & (beyond[src] == sgn))
+                if len(new) == 2:
+                    pairs.append((int(new[0]), int(new[1])))
+                    end[new[0]] = sgn
+            if pairs:
+                more = merge(more, pairs)
+                end = np.delete(end, [b for _, b in pairs])
             # Found vertebrae that gave voxels back have new masks: all are scored again then.
             probs = (self._classify(more, iso) if more.reclaimed
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
