@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 import pipeline_synth as ps
 from engine import labels as L
+from engine.labels import CRANIOCAUDAL, IDS
 from engine.cluster import BoxSet
 from engine.detect import DetectParams, nms, spine_band
 from engine.errors import InputError
@@ -317,3 +318,24 @@ def test_vertebra_cut_by_the_field_of_view_is_flagged(cascade):
     top = res.vertebrae[0].name
     assert any(w.startswith(top) and "field-of-view border" in w for w in res.warnings), res.warnings
     assert not any(w.startswith(v.name) and "border" in w for v in res.vertebrae[1:] for w in res.warnings)
+
+
+def test_loose_bone_at_the_top_face_becomes_the_level_above(cascade):
+    # The top block cut by the field of view, and behind it a loose piece of bone at the top face (a
+    # spinous tip hanging from the vertebra above, which the detector cannot see): recovered (here the
+    # ROI beyond the end already holds it; engine.fragments' own cases are in test_fragments) and
+    # labelled the level above the top block, at the piece's centroid.
+    vol = ps.make_ct(n_vert=4)
+    a = vol.array[:-12].copy()
+    a[-4:, 60:67, 42:49] = 700.0  # j 60-66 mm: 6 mm behind the block; i 42-48 mm; the top 4 slices
+    vol.array = np.ascontiguousarray(a)
+    res = cascade.run(vol)
+    assert res.info["recovered"] == 1, res.warnings
+    top, below = res.vertebrae[0], res.vertebrae[1]
+    piece = np.array([45.5 - 45.0, 63.5 - 40.0, 100.0 + 1.5 * (a.shape[0] - 2)])  # LPS mm of its centre
+    np.testing.assert_allclose(top.center_lps, piece, atol=2.0)
+    assert IDS[top.name] == CRANIOCAUDAL[CRANIOCAUDAL.index(IDS[below.name]) - 1]
+    assert any("found by the chain logic" in w for w in res.warnings)
+    # Recovery off (seed 000 as published): it stays unseen.
+    with Cascade(backend="onnxruntime", models_dir=cascade.config.models_dir, recover=False) as c:
+        assert len(c.run(vol).vertebrae) == len(res.vertebrae) - 1
