@@ -6,8 +6,9 @@ the top slices, some 40 mm behind the bodies; at the bottom face the next verteb
 before its body does. VerSe labels such a piece (its centroid is the vertebra's, as seen), and the
 detector, trained on whole cross-sections, gives it no boxes. ``engine.chain.end_centres`` looks on
 the chain's axis only; this looks for unclaimed bone touching the face, in a corridor behind the end
-vertebra, and proposes its centroid. The segmenter then decides (``engine.segment.extend``, partial):
-it keeps the piece only as a new vertebra lying nearer the proposal than the end vertebra.
+vertebra, and proposes its centroid. The segmenter then decides (``engine.segment.extend``): the piece
+is kept only if its ROI segments a new vertebra, not one already found. The decoder places it next to
+its end (``engine.sequence.decode_sequence``, ``partial``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class FragmentParams:
     ``bone_hu`` and not in any mask; a piece must touch the face and hold ``min_mm3``. The end vertebra
     must lie within ``reach`` chain steps of the face (farther, nothing of the next one is in view),
     but at least ``min_in_view`` steps from it: an end vertebra cut through its own body leaves its own
-    arch loose at the face (three of three such pieces on held-out phantoms were the end vertebra's).
+    arch loose at the face (on the held-out phantoms, all three pieces found next to such an end were
+    the end vertebra's own; all nine next to ends farther in were the next vertebra's).
     A piece whose surface touches the masks over more than ``max_contact`` of it is the rest of a
     vertebra already found (its mask stopped short of the face), a rib on its head, not a new one: the
     next vertebra's spinous tip or lamina lies apart, across an interspinous gap or a joint space."""

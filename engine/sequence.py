@@ -70,8 +70,9 @@ class SequenceParams:
       phantom default-100004: a spinous process segmented apart, 33 mm behind the bodies, 7 mm below
       T5, 4 % of its neighbours' volume; in 3-D it sat a normal step from T6). Its centre and scores
       look like a vertebra's, its volume does not: a candidate the field of view does not cut with
-      under ``small_ratio`` of the median volume costs only ``small_drop_logprior`` to drop. Others must be clearly impossible to keep, at
-      more than one wrong level and one capped gap together. ``None`` disables dropping.
+      under ``small_ratio`` of the median volume costs only ``small_drop_logprior`` to drop. Others
+      must be clearly impossible to keep, at more than one wrong level and one capped gap together.
+      ``None`` disables dropping.
     """
 
     skip_logprior: float = -3.0
