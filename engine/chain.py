@@ -199,3 +199,18 @@ def end_centres(centers: np.ndarray, labels, extent: int, reach: float = 0.75) -
         k = 0.5 * (lo + hi)
         out.append(c[end] + step * ((k - c[end, 0]) / step[0]))
     return np.asarray(out, dtype=np.float64).reshape(-1, 3)
+
+
+def same_vertebra_beyond_ends(kind: np.ndarray, side: np.ndarray, first: int = 0) -> list[tuple[int, int]]:
+    """Pairs (a, b) of kept recoveries that are one vertebra: a slab beyond an end (kind 1) and a loose
+    piece at the face (kind 2, engine.fragments) on the same side (-1 top, +1 bottom) are the next
+    vertebra's body and arch. With its body only a slab in view, nothing further is in view, so one
+    vertebra at most lies beyond each end. ``kind``/``side`` per kept recovery (kind 0, a missed level,
+    never pairs); indices are offset by ``first``."""
+    kind, side = np.asarray(kind).reshape(-1), np.asarray(side).reshape(-1)
+    pairs = []
+    for s in (-1, 1):
+        new = np.flatnonzero((kind > 0) & (side == s))
+        if len(new) == 2:
+            pairs.append((first + int(new[0]), first + int(new[1])))
+    return pairs

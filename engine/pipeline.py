@@ -19,6 +19,7 @@ import numpy as np
 
 from engine import labels as L
 from engine.chain import (ChainParams, close_pairs, end_centres, is_split, join_halves, missed_centres,
+                          same_vertebra_beyond_ends,
                           off_chain)
 from engine.cluster import ClusterParams, cluster_boxes, stage1_points
 from engine.detect import DetectParams, detect, select_slices
@@ -359,17 +360,10 @@ class Cascade:
                 break
             src = -1 - np.asarray(more.source[m0:])
             end = np.concatenate([end, side[src]])
-            # A slab beyond an end and a loose piece on the same side, both kept, are the next vertebra's
-            # body and arch (with its body only a slab in view, nothing further is): one vertebra, placed
-            # next to its end like a piece.
-            pairs = []
-            for sgn in (-1, 1):
-                new = m0 + np.flatnonzero((kind[src] > 0) & (beyond[src] == sgn))
-                if len(new) == 2:
-                    pairs.append((int(new[0]), int(new[1])))
-                    end[new[0]] = sgn
+            pairs = same_vertebra_beyond_ends(kind[src], beyond[src], m0)
             if pairs:
                 more = merge(more, pairs)
+                end[[a for a, _ in pairs]] = beyond[src][[a - m0 for a, _ in pairs]]  # placed like a piece
                 end = np.delete(end, [b for _, b in pairs])
             # Found vertebrae that gave voxels back have new masks: all are scored again then.
             probs = (self._classify(more, iso) if more.reclaimed

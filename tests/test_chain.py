@@ -326,3 +326,15 @@ def test_discard_removes_a_vertebra_and_renumbers_the_rest(synth):
         np.testing.assert_array_equal(out.owner == new + 1, full.owner == old + 1)
         np.testing.assert_array_equal(out.centers_kji[new], full.centers_kji[old])
     assert discard(full, []) is full
+
+
+def test_a_slab_and_a_piece_beyond_the_same_end_are_one_vertebra():
+    from engine.chain import same_vertebra_beyond_ends
+
+    # Kept recoveries numbered from 7: a missed level, a top slab, a top piece, a bottom piece.
+    kind, side = [0, 1, 2, 2], [1, -1, -1, 1]
+    assert same_vertebra_beyond_ends(kind, side, 7) == [(8, 9)]
+    # A missed level never pairs; one recovery per side stays alone; both ends can pair at once.
+    assert same_vertebra_beyond_ends([0, 2], [-1, -1]) == []
+    assert same_vertebra_beyond_ends([1, 2], [-1, 1]) == []
+    assert same_vertebra_beyond_ends([1, 2, 2, 1], [-1, -1, 1, 1]) == [(0, 1), (2, 3)]
