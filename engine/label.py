@@ -117,7 +117,8 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
     warnings = []
     # Missed levels as (vertebra above, vertebra below, levels) in the caller's order; the one below is
     # the next candidate kept (the decoder may drop candidates that are not vertebrae: label 0).
-    kept = [t for t in range(n) if t not in set(seq.dropped)]
+    gone = set(seq.dropped)
+    kept = [t for t in range(n) if t not in gone]
     below = {a: b for a, b in zip(kept, kept[1:])}
     missed = [(int(order[t]), int(order[below[t]]), [int(x) for x in levels]) for t, levels in seq.missed]
     if not seq.consistent:
