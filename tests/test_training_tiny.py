@@ -196,3 +196,47 @@ def test_labeller_zoom_scales_the_vertebra_in_the_input():
         # The mask fills the input in proportion to the zoom's volume factor.
         ratios.append((x[0].sum() / base) / np.prod(zoom))
     np.testing.assert_allclose(ratios, 1.0, atol=0.08)
+
+
+def test_widening_the_full_resolution_level_keeps_the_outputs():
+    import torch
+
+    from training.nets import AttentionUNet3D, UNetConfig
+    from training.widen import widen_level0
+
+    torch.manual_seed(0)
+    old = AttentionUNet3D(UNetConfig(widths=[4, 8, 16]))
+    for p in old.parameters():  # trained-looking weights: nothing zero, BN statistics away from identity
+        torch.nn.init.normal_(p, 0.0, 0.3)
+    for m in old.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    old.eval()
+    x = torch.rand(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        ref = old(x)
+        for width in (6, 12):  # 12 also widens the attention gate's inner channels (max(4, w // 2))
+            new = widen_level0(old, width).eval()
+            assert new.cfg.widths == [width, 8, 16]
+            assert new.enc[0][0].weight.shape[0] == width
+            torch.testing.assert_close(new(x), ref, atol=1e-6, rtol=0)
+            # The new channels are live (random filters), not dead zeros: training can grow them.
+            assert new.enc[0][0].weight[4:].abs().sum() > 0
+    with pytest.raises(ValueError, match="narrower"):
+        widen_level0(old, 2)
+
+
+def test_segmenter_init_from_a_narrower_checkpoint(data_dir, tmp_path, capsys):
+    import torch
+
+    _, work = _train("segmenter", data_dir, tmp_path)  # widths 4, 8, 16
+    ck = work / "ckpt" / "best.pt"
+    out2 = tmp_path / "models2"
+    rc = main(["train", "segmenter", "--data", str(data_dir), "--out", str(out2), "--work", str(tmp_path / "w2"),
+               "--tiny", "--device", "cpu", "--init", str(ck), "--widths", "8,8,16"])
+    assert rc == 0
+    assert "widened 4 -> 8 channels" in capsys.readouterr().out
+    spec = _check_shipped(out2, "segmenter")
+    assert spec.raw["arch"]["widths"] == [8, 8, 16]
+    assert torch.load(tmp_path / "w2" / "ckpt" / "best.pt", weights_only=False)["model"]["enc.0.0.weight"].shape[0] == 8

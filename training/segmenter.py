@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from engine.modelio import segmenter_input
 from engine.preprocess import AIR_HU, crop_centered
-from training import common, data, export
+from training import common, data, export, widen
 from training.nets import AttentionUNet3D, UNetConfig
 
 PREPROCESS = {"spacing_mm": 1.0, "roi": 128, "hu_window": [-400.0, 1400.0], "weight_sigma_mm": 24.0,
@@ -184,7 +184,9 @@ def train(args, log=print) -> dict:
         f"{patch}^3, batch {batch}, {epochs}x{steps} steps on {device}")
 
     model = AttentionUNet3D(UNetConfig(widths=widths))
-    common.init_weights(model, args, log)
+    init = common.init_path(args)
+    if init is not None:
+        widen.load_init(model, init, log)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr or 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=(args.lr or 1e-3) * 0.05)
