@@ -240,3 +240,35 @@ def test_segmenter_init_from_a_narrower_checkpoint(data_dir, tmp_path, capsys):
     spec = _check_shipped(out2, "segmenter")
     assert spec.raw["arch"]["widths"] == [8, 8, 16]
     assert torch.load(tmp_path / "w2" / "ckpt" / "best.pt", weights_only=False)["model"]["enc.0.0.weight"].shape[0] == 8
+
+
+def test_coarse_scanner_simulation_blurs_by_the_voxel_and_keeps_ct_and_mask_together():
+    import numpy as np
+
+    from training.lowres import simulate_resolution
+
+    vol = np.full((40, 40, 40), -1000.0, np.float32)
+    vol[12:28, 10:30, 10:30] = 1000.0
+    m = vol > 0
+    same = simulate_resolution(vol, np.array([1.0, 0.8, 0.5]))  # no axis coarser than the 1 mm grid
+    np.testing.assert_array_equal(same, vol)
+
+    def edge_width(a, axis):  # voxels between 10 % and 90 % of the step along one axis through the block
+        line = np.moveaxis(a, axis, 0)[:20, 20, 20]
+        t = (line + 1000.0) / 2000.0
+        return int(((t > 0.1) & (t < 0.9)).sum())
+
+    out, om = simulate_resolution(vol, np.array([4.0, 1.0, 2.5]), mask=m)
+    assert out.shape == vol.shape and om.shape == m.shape and om.dtype == bool
+    assert edge_width(out, 0) > edge_width(out, 2) > edge_width(out, 1) == 0  # 4 mm slices, 2.5 mm pixels, j intact
+    assert abs(float((out + 1000.0).sum()) / float((vol + 1000.0).sum()) - 1.0) < 0.02  # bone is averaged, not lost
+    # The mask is what the blurred CT shows at half height: the two stay registered.
+    agree = (om == (out > 0.0)).mean()
+    assert agree > 0.995
+    assert 0.9 < om.sum() / m.sum() < 1.1
+
+
+def test_labeller_coarse_p_out_of_range_is_one_line(data_dir, tmp_path, capsys):
+    assert main(["train", "labeller", "--data", str(data_dir), "--out", str(tmp_path / "m"), "--work",
+                 str(tmp_path / "w"), "--tiny", "--coarse-p", "1.5"]) == 2
+    assert "--coarse-p must be a probability" in capsys.readouterr().err
