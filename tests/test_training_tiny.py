@@ -42,6 +42,7 @@ def test_segmenter_tiny_and_resume(data_dir, tmp_path, capsys):
     out, work = _train("segmenter", data_dir, tmp_path)
     spec = _check_shipped(out, "segmenter")
     assert 0.0 <= spec.metrics["dice_mean"] <= 1.0
+    assert 0.0 <= spec.metrics["errors_within_1_voxel_of_surface"] <= 1.0  # the final evaluation's error anatomy
     assert (work / "ckpt" / "last.pt").is_file()
     # Shipping again without --overwrite is refused (one line, exit 2) ...
     assert main(["train", "segmenter", "--data", str(data_dir), "--out", str(out), "--work", str(work),
@@ -272,3 +273,20 @@ def test_labeller_coarse_p_out_of_range_is_one_line(data_dir, tmp_path, capsys):
     assert main(["train", "labeller", "--data", str(data_dir), "--out", str(tmp_path / "m"), "--work",
                  str(tmp_path / "w"), "--tiny", "--coarse-p", "1.5"]) == 2
     assert "--coarse-p must be a probability" in capsys.readouterr().err
+
+
+def test_segmenter_error_anatomy_tells_a_wandering_boundary_from_a_wrong_part():
+    import numpy as np
+
+    from training.segmenter import error_anatomy
+
+    t = np.zeros((30, 30, 30), dtype=bool)
+    t[8:20, 8:20, 8:20] = True
+    shifted = np.roll(t, 1, axis=2)  # the boundary one voxel off: every error touches the surface
+    near, ratio = error_anatomy(shifted, t)
+    assert near == 1.0 and ratio == 1.0
+    extra = t.copy()
+    extra[24:28, 24:28, 24:28] = True  # a far blob (a neighbour's process): errors away from the surface
+    near, ratio = error_anatomy(extra, t)
+    assert near < 0.1 and ratio > 1.0
+    assert error_anatomy(t, t) == (1.0, 1.0)

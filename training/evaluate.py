@@ -37,7 +37,7 @@ def evaluate(args, log=print) -> dict:
 
         margin = int(np.ceil(segmenter.MAX_OFFSET_MM / pp["spacing_mm"])) + 1
         files = segmenter.cache_rois(Path(args.evaluate), ids, work / "eval_cache", pp, margin)
-        res = segmenter.evaluate(_ort(spec.path(prec)), files, pp, batch=1)
+        res = segmenter.evaluate(_ort(spec.path(prec)), files, pp, batch=1, anatomy=True)
     elif args.model == "labeller":
         from training import labeller
 

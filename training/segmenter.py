@@ -121,12 +121,27 @@ def dice_np(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
 
 
+def error_anatomy(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(share of the wrong voxels lying within one voxel of the target's surface, predicted / true volume).
+    A share near 1 with a ratio near 1 says the mask is right but its boundary wanders by a voxel: the
+    network, not the threshold, needs work."""
+    from scipy.ndimage import distance_transform_edt
+
+    wrong = pred ^ target
+    n_wrong = int(wrong.sum())
+    if n_wrong == 0 or not target.any():
+        return 1.0, float(pred.sum()) / max(1, int(target.sum()))
+    near = np.where(target, distance_transform_edt(target), distance_transform_edt(~target)) <= 1.0
+    return float((wrong & near).sum()) / n_wrong, float(pred.sum()) / float(target.sum())
+
+
 def evaluate(predict, files: list[Path], pp: dict, seed: int = 1234, offset_mm: float = VAL_OFFSET_MM,
-             batch: int = 2) -> dict:
-    """Dice per vertebra on full ROIs centred at GT + a fixed-length random offset. ``predict(x) -> prob``."""
+             batch: int = 2, anatomy: bool = False) -> dict:
+    """Dice per vertebra on full ROIs centred at GT + a fixed-length random offset. ``predict(x) -> prob``.
+    ``anatomy``: also where the errors lie (``error_anatomy``; a distance transform per ROI)."""
     rng = np.random.default_rng(seed)
     r = int(pp["roi"])
-    dices, cut = [], []
+    dices, cut, near, ratio = [], [], [], []
     for i in range(0, len(files), batch):
         xs, ys = [], []
         for p in files[i:i + batch]:
@@ -138,11 +153,19 @@ def evaluate(predict, files: list[Path], pp: dict, seed: int = 1234, offset_mm: 
             ys.append(crop_centered(m.astype(np.uint8), c, (r, r, r), fill=0).astype(bool))
         prob = predict(np.stack(xs))
         for pr, y in zip(prob, ys):
-            dices.append(dice_np(pr[0] > float(pp.get("threshold", 0.5)), y))
+            pb = pr[0] > float(pp.get("threshold", 0.5))
+            dices.append(dice_np(pb, y))
+            if anatomy:
+                a, b = error_anatomy(pb, y)
+                near.append(a)
+                ratio.append(b)
     d = np.asarray(dices) if dices else np.zeros(1)
     out = {"dice_mean": float(d.mean()), "dice_median": float(np.median(d)), "dice_min": float(d.min()),
            "frac_dice_ge_0.95": float((d >= 0.95).mean()), "n_val_rois": len(dices),
            "val_offset_mm": offset_mm}
+    if near:
+        out.update({"errors_within_1_voxel_of_surface": float(np.mean(near)),
+                    "volume_ratio_median": float(np.median(ratio))})
     if dices and all(c is not None for c in cut):
         # A vertebra cut by the field of view is a partial target (a few slices of bone at the edge):
         # its Dice says little about the model, so whole vertebrae are reported on their own as well.
@@ -219,7 +242,8 @@ def train(args, log=print) -> dict:
                      key="dice_mean", log=log)
     common.load_ckpt(res["best_path"], model)
     model = model.cpu().eval()
-    final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp)
+    final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp,
+                     anatomy=True)
     log(f"segmenter final (best epoch, all val ROIs): {final}")
     sched_info = {"init": common.init_label(args), "epochs": epochs,
                   "steps_per_epoch": steps, "batch": batch, "patch": patch,
