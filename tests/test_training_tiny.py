@@ -290,3 +290,32 @@ def test_segmenter_error_anatomy_tells_a_wandering_boundary_from_a_wrong_part():
     near, ratio = error_anatomy(extra, t)
     assert near < 0.1 and ratio > 1.0
     assert error_anatomy(t, t) == (1.0, 1.0)
+
+
+def test_fainter_bone_scales_only_what_lies_above_soft_tissue():
+    import numpy as np
+
+    from training.density import SOFT_TISSUE_HU, random_density, scale_bone
+
+    ct = np.array([-1000.0, -100.0, 40.0, 100.0, 300.0, 1100.0], np.float32)
+    out = scale_bone(ct, 0.5)
+    np.testing.assert_array_equal(out[:4], ct[:4])  # air, fat, muscle untouched
+    np.testing.assert_allclose(out[4:], SOFT_TISSUE_HU + (ct[4:] - SOFT_TISSUE_HU) * 0.5)
+    assert ct[5] == 1100.0  # input untouched
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        o = random_density(ct, rng)
+        assert (o[4:] <= ct[4:]).all() and (o[4:] > SOFT_TISSUE_HU).all()
+
+
+def test_segmenter_spread_probability_out_of_range_is_one_line(data_dir, tmp_path, capsys):
+    assert main(["train", "segmenter", "--data", str(data_dir), "--out", str(tmp_path / "m"), "--work",
+                 str(tmp_path / "w"), "--tiny", "--density-p", "-0.1"]) == 2
+    assert "--density-p must be a probability" in capsys.readouterr().err
+
+
+def test_segmenter_tiny_with_real_spread_records_it(data_dir, tmp_path):
+    out, _ = _train("segmenter", data_dir, tmp_path, "--density-p", "1", "--coarse-p", "1")
+    spread = load_manifest(out)["segmenter"].raw["trained"]["schedule"]["real_spread"]
+    assert spread["density_p"] == 1.0 and spread["coarse_p"] == 1.0
+    assert spread["coarse_voxel"]["inplane_mm"] == [1.0, 3.2]

@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--val-rois", type=int, help="segmenter ROIs evaluated each epoch")
     p.add_argument("--channels", help="labeller channels: 'mask' or 'mask,ct'")
     p.add_argument("--coarse-p", type=float,
-                   help="labeller: probability of the coarse-scanner simulation per sample (training.lowres; default 0)")
+                   help="segmenter/labeller: probability of the coarse-scanner simulation per sample (training.lowres; default 0)")
+    p.add_argument("--density-p", type=float,
+                   help="segmenter: probability of fainter bone per sample (training.density; default 0)")
     p.add_argument("--crop", choices=["fixed", "bbox"], help="labeller crop mode")
     p.add_argument("--imgsz", type=int, help="detector image size")
     p.add_argument("--arch", help="detector ultralytics yaml (default yolo11n.yaml)")

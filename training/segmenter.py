@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from engine.modelio import segmenter_input
 from engine.preprocess import AIR_HU, crop_centered
-from training import common, data, export, widen
+from training import common, data, density, export, lowres, widen
 from training.nets import AttentionUNet3D, UNetConfig
 
 PREPROCESS = {"spacing_mm": 1.0, "roi": 128, "hu_window": [-400.0, 1400.0], "weight_sigma_mm": 24.0,
@@ -35,6 +35,9 @@ AUGMENT = {"flip_i_p": 0.5, "thick_slice_p": 0.3, "thick_slice_sigma_vox": [0.5,
 # Dice 0.754 -> 0.775 but whole ones 0.879 -> 0.874, and in the cascade 7 false vertebrae instead of 1
 # (identification 94.0 -> 91.5 %), so it was not shipped.
 SAMPLING = {"cut_p": 0.0, "patch_on_mask_p": 0.0}
+# Real-scan spread (both off for the shipped schedule; --density-p / --coarse-p): fainter bone
+# (training.density) and coarse scanners (training.lowres; the target stays the 1 mm truth).
+REAL_SPREAD = {"density_p": 0.0, "coarse_p": 0.0}
 VAL_OFFSET_MM = 3.0  # "a realistic detector error": a fixed offset of this length in a random direction
 
 
@@ -216,6 +219,13 @@ def train(args, log=print) -> dict:
     rng = np.random.default_rng(args.seed)
     max_off = MAX_OFFSET_MM / pp["spacing_mm"]
     sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
+    spread = dict(REAL_SPREAD)
+    for k in spread:
+        v = getattr(args, k, None)
+        if v is not None:
+            if not 0.0 <= float(v) <= 1.0:
+                raise common.SpinertError(f"--{k.replace('_', '-')} must be a probability in [0, 1], got {v}")
+            spread[k] = float(v)
 
     def step(_i: int) -> float:
         xs, ys = [], []
@@ -225,6 +235,10 @@ def train(args, log=print) -> dict:
             ct = ct * rng.uniform(0.95, 1.05) + rng.normal(0, 15)  # scanner calibration spread
             if not args.tiny:
                 ct, m = augment(ct, m, rng)
+            if spread["density_p"] and rng.uniform() < spread["density_p"]:
+                ct = density.random_density(ct, rng)
+            if spread["coarse_p"] and rng.uniform() < spread["coarse_p"]:
+                ct = lowres.simulate_resolution(ct, lowres.coarse_voxel(rng), float(pp["spacing_mm"]))
             x, y = make_sample(ct, m, pp, random_offset(rng, max_off), patch, rng, sampling["patch_on_mask_p"])
             xs.append(x)
             ys.append(y)
@@ -250,7 +264,8 @@ def train(args, log=print) -> dict:
                   "optimizer": "Adam", "lr": args.lr or 1e-3, "lr_schedule": "cosine to 5%",
                   "train_offset_mm": MAX_OFFSET_MM,
                   "augment": None if args.tiny else AUGMENT, "sampling": sampling,
-                  "cut_rois": len(cut_files), "loss": "BCE(pos_weight=1.5) + soft Dice"}
+                  "cut_rois": len(cut_files),
+                  "real_spread": {**spread, "density": density.DENSITY, "coarse_voxel": lowres.COARSE_VOXEL}, "loss": "BCE(pos_weight=1.5) + soft Dice"}
     trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
                "schedule": sched_info, "device": str(device), "date": export.now_iso(),
                "wall_time_s": round(time.time() - t0, 1), "tiny": bool(args.tiny)}
