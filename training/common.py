@@ -71,6 +71,15 @@ def load_ckpt(path: Path, model, opt=None, sched=None) -> dict:
     return ck
 
 
+def probability_arg(args, name: str, default: float) -> float:
+    """``args.<name>`` as a probability (``default`` when not given); SpinertError naming the flag if not in [0, 1]."""
+    v = getattr(args, name, None)
+    p = default if v is None else float(v)
+    if not 0.0 <= p <= 1.0:
+        raise SpinertError(f"--{name.replace('_', '-')} must be a probability in [0, 1], got {p}")
+    return p
+
+
 def init_path(args) -> Path | None:
     """The --init weights a run starts from (None: from scratch); SpinertError if the file is missing."""
     path = getattr(args, "init", None)

@@ -189,9 +189,7 @@ def train(args, log=print) -> dict:
         ids = ids[: args.max_cases]
     tr_ids, va_ids = data.split_ids(ids, args.val_frac)
     work = Path(args.work)
-    coarse_p = COARSE_P if getattr(args, "coarse_p", None) is None else float(args.coarse_p)
-    if not 0.0 <= coarse_p <= 1.0:
-        raise common.SpinertError(f"--coarse-p must be a probability in [0, 1], got {coarse_p}")
+    coarse_p = common.probability_arg(args, "coarse_p", COARSE_P)
     tr = Samples(cache_vertebrae(Path(args.data), tr_ids, work / "cache", pp), pp, augment=not args.tiny,
                  coarse_p=coarse_p)
     va = Samples(cache_vertebrae(Path(args.data), va_ids, work / "cache", pp), pp)

@@ -193,6 +193,7 @@ def train(args, log=print) -> dict:
     steps = args.steps or (2 if args.tiny else 100)
     batch = args.batch or (1 if args.tiny else 2)
     margin = int(np.ceil(MAX_OFFSET_MM / pp["spacing_mm"])) + 1
+    spread = {k: common.probability_arg(args, k, v) for k, v in REAL_SPREAD.items()}
     ids = data.list_cases(args.data)
     if args.max_cases:
         ids = ids[: args.max_cases]
@@ -219,13 +220,6 @@ def train(args, log=print) -> dict:
     rng = np.random.default_rng(args.seed)
     max_off = MAX_OFFSET_MM / pp["spacing_mm"]
     sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
-    spread = dict(REAL_SPREAD)
-    for k in spread:
-        v = getattr(args, k, None)
-        if v is not None:
-            if not 0.0 <= float(v) <= 1.0:
-                raise common.SpinertError(f"--{k.replace('_', '-')} must be a probability in [0, 1], got {v}")
-            spread[k] = float(v)
 
     def step(_i: int) -> float:
         xs, ys = [], []
