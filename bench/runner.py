@@ -288,24 +288,29 @@ def model_sessions(backend: str, precision: str, batches: dict[str, int], repeat
 
 # ------------------------------------------------------------------------------------------------ micro
 def cascade_point_sets(backend: str, precision: str, cts: list[BenchCT], threads: int | None = None) -> list[tuple]:
-    """(CT name, stage-1 DBSCAN points, ClusterParams) of each CT: the detection sets the cascade clusters."""
+    """(CT name, box centres mm, box sizes mm, ClusterParams) of each CT: the detection sets the cascade
+    clusters."""
     from engine.pipeline import Cascade
 
     with Cascade(backend=backend, precision=precision, threads=threads) as cascade:
-        return [(ct.name, *cascade.stage1_points(ct.source)) for ct in cts]
+        return [(ct.name, *cascade.clustering_inputs(ct.source)) for ct in cts]
 
 
 def micro_dbscan(sizes: tuple[int, ...], repeats: int, sets: list[tuple] = ()) -> dict:
-    """DBSCAN against scikit-learn on synthetic detection sets of the given sizes (headline: the largest)
-    and on the cascade's own box sets (``sets``: from ``cascade_point_sets``)."""
+    """DBSCAN against scikit-learn on synthetic detection sets of the given sizes (headline: the largest),
+    and on the cascade's own box sets (``sets``: from ``cascade_point_sets``) both a single stage-1 call
+    and the whole two-stage clustering."""
     from bench import micro_dbscan as mdb
+    from engine.cluster import stage1_points
 
     rows = mdb.run(sizes, repeats)
-    own = [dict(mdb.bench_points(X, repeats, p), ct=name) for name, X, p in sets if len(X)]
+    own = [dict(mdb.bench_points(stage1_points(c, p), repeats, p), ct=name) for name, c, s, p in sets if len(c)]
+    two = [dict(mdb.bench_two_stage(c, s, repeats, p), ct=name) for name, c, s, p in sets if len(c)]
     head = max(rows, key=lambda r: r["n"])
     return {"n": head["n"], "ours_ms": head["ours_ms"], "sklearn_ms": head["sklearn_ms"],
             "speedup_vs_sklearn": head["speedup_vs_sklearn"],
-            "identical": all(r["identical"] for r in rows + own), "by_size": rows, "cascade_sets": own}
+            "identical": all(r["identical"] for r in rows + own + two), "by_size": rows, "cascade_sets": own,
+            "two_stage": two}
 
 
 def _greedy_nms_loop(group: np.ndarray, xywh: np.ndarray, score: np.ndarray, thr: float) -> np.ndarray:

@@ -173,44 +173,53 @@ def stage1_points(centres_mm, params: ClusterParams | None = None):
     return centres_mm * xp.asarray([1.0, float(p.ap_weight), 1.0]) if p.ap_weight != 1.0 else centres_mm
 
 
-def cluster_boxes(boxes: BoxSet, params: ClusterParams | None = None) -> list[VertebraCandidate]:
-    """The paper's two-stage DBSCAN: boxes from all sagittal slices -> vertebra candidates.
+def assign_boxes(centres_mm, sizes_mm, params: ClusterParams | None = None):
+    """The paper's two-stage DBSCAN as labels: the candidate of every box, -1 where a box is dropped.
 
     Stage 1 clusters the 3-D box centres (k, j, i) in mm; stage 2 clusters the boxes' (h, w) in mm
     inside each stage-1 cluster and keeps the most populated sub-cluster; clusters with fewer kept
-    boxes than ``min_fraction`` x the largest are dropped. Candidates come back ordered top to bottom
-    (ascending k, canonical frame: k grows to the feet), centres = mean of the kept box centres.
+    boxes than ``min_fraction`` x the largest are dropped (their boxes get -1). Candidate numbers are
+    stage 1's. Two DBSCAN calls in all, whatever the number of clusters (stage 2 is batched).
     """
     p = params or ClusterParams()
+    xp = get_xp(centres_mm)
+    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(stage1_points(centres_mm, p), xp=xp)
+    if not bool(xp.any(lab1 >= 0)):
+        return lab1
+    keep = _stage2_keep(xp, lab1, sizes_mm, p.size_eps_mm, p.size_min_samples)
+    cnt = xp.bincount(lab1[keep], minlength=int(lab1.max()) + 1)
+    ok = (cnt > 0) & (cnt >= p.min_fraction * int(cnt.max()))
+    return xp.where(keep & ok[xp.maximum(lab1, 0)], lab1, NOISE)
+
+
+def cluster_boxes(boxes: BoxSet, params: ClusterParams | None = None) -> list[VertebraCandidate]:
+    """Boxes from all sagittal slices -> vertebra candidates (``assign_boxes``), ordered top to bottom
+    (ascending k, canonical frame: k grows to the feet); centre = mean of the kept box centres."""
     n = len(boxes)
     if n == 0:
         return []
     xp = get_xp(boxes.center_rc)
     centres = boxes.centers_mm()
     sizes = boxes.sizes_mm()
-    lab1 = DBSCAN(p.eps_mm, p.min_samples).fit_predict(stage1_points(centres, p), xp=xp)
-    if not bool(xp.any(lab1 >= 0)):
+    lab = assign_boxes(centres, sizes, params)
+    keep = lab >= 0
+    if not bool(xp.any(keep)):
         return []
-    keep = _stage2_keep(xp, lab1, sizes, p.size_eps_mm, p.size_min_samples)
-    lab = xp.where(keep, lab1, -1)
-    n1 = int(lab1.max()) + 1
-    cnt = xp.bincount(lab[keep], minlength=n1)
-    big = int(cnt.max())
-    ok = (cnt > 0) & (cnt >= p.min_fraction * big)
-    # Per-cluster sums in one pass each (bincount with weights), then one host transfer.
+    n1 = int(lab.max()) + 1
     w = lab[keep]
+    cnt = xp.bincount(w, minlength=n1)
+    # Per-cluster sums in one pass each (bincount with weights), then one host transfer.
     sums = xp.stack([xp.bincount(w, weights=centres[keep, c], minlength=n1) for c in range(3)], 1)
     ssum = xp.stack([xp.bincount(w, weights=sizes[keep, c], minlength=n1) for c in range(2)], 1)
     scs = xp.bincount(w, weights=boxes.score[keep], minlength=n1)
     half = sizes / 2.0
     lo = centres - xp.concatenate([half, xp.zeros((n, 1))], axis=1)
     hi = centres + xp.concatenate([half, xp.zeros((n, 1))], axis=1)
-    lab_h, keep_h, lo_h, hi_h = to_numpy(lab), to_numpy(keep), to_numpy(lo), to_numpy(hi)
-    cnt_h, ok_h = to_numpy(cnt), to_numpy(ok)
-    sums_h, ssum_h, scs_h = to_numpy(sums), to_numpy(ssum), to_numpy(scs)
+    lab_h, lo_h, hi_h = to_numpy(lab), to_numpy(lo), to_numpy(hi)
+    cnt_h, sums_h, ssum_h, scs_h = to_numpy(cnt), to_numpy(sums), to_numpy(ssum), to_numpy(scs)
     out = []
-    for c in np.nonzero(ok_h)[0]:
-        members = np.nonzero(keep_h & (lab_h == c))[0]
+    for c in np.nonzero(cnt_h)[0]:
+        members = np.nonzero(lab_h == c)[0]
         k = float(cnt_h[c])
         extent = np.stack([lo_h[members].min(0), hi_h[members].max(0)], axis=1)
         out.append(VertebraCandidate(center_mm=sums_h[c] / k, count=int(k), score=float(scs_h[c] / k),

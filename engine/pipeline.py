@@ -21,7 +21,7 @@ from engine import labels as L
 from engine.chain import (ChainParams, close_pairs, end_centres, is_split, join_halves, missed_centres,
                           same_vertebra_beyond_ends,
                           off_chain)
-from engine.cluster import ClusterParams, cluster_boxes, stage1_points
+from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
 from engine.fragments import border_fragments
@@ -386,15 +386,15 @@ class Cascade:
                        self.config.detect, max_batch=self.config.max_batch.get("detector"))
         return band, boxes
 
-    def stage1_points(self, source: Volume | str | os.PathLike) -> tuple[np.ndarray, ClusterParams]:
-        """The points stage 1's DBSCAN clusters for one CT (host array, mm) and the parameters it uses:
-        real detection sets for `spinert bench` to time the clustering on."""
+    def clustering_inputs(self, source: Volume | str | os.PathLike) -> tuple[np.ndarray, np.ndarray, ClusterParams]:
+        """What the two-stage clustering gets for one CT: box centres (k, j, i) and sizes (h, w) in mm
+        (host arrays) and the parameters it uses: real detection sets for `spinert bench` to time the
+        clustering on."""
         from engine.io import read_volume
 
         vol = source if isinstance(source, Volume) else read_volume(source)
         band, boxes = self._detect(self.xp.asarray(to_canonical(vol, self.spacing).array))
-        p = self.cluster_params(band)
-        return to_numpy(stage1_points(boxes.centers_mm(), p)), p
+        return to_numpy(boxes.centers_mm()), to_numpy(boxes.sizes_mm()), self.cluster_params(band)
 
     def cluster_params(self, band) -> ClusterParams:
         p = self.config.cluster

@@ -73,6 +73,14 @@ class SequenceParams:
       under ``small_ratio`` of the median volume costs only ``small_drop_logprior`` to drop. Others
       must be clearly impossible to keep, at more than one wrong level and one capped gap together.
       ``None`` disables dropping.
+    * ``anchors = (26,)``, ``anchor_min_score = 0.5``: levels whose shape is unlike any other's. The
+      top-most candidate scoring at least ``anchor_min_score`` for an anchor level takes that level and
+      is never dropped; the rest of the chain is decoded around it. The sacrum is the one anchor: the
+      labeller reads lumbar levels by size and position cues that shift with the patient and the
+      scanner (on the real abdomen CT both trained labellers read L1-L5 one to two levels high), but
+      it scores the sacrum 0.8-0.9 on every scan. Without the anchor, that shift outvoted the sacrum's
+      own score on the real CT once a second labeller was tried: the sacrum was decoded L5, a recovery
+      was proposed below it, and every label of the chain moved up one.
     """
 
     skip_logprior: float = -3.0
@@ -88,6 +96,8 @@ class SequenceParams:
     small_drop_logprior: float = -1.0
     small_ratio: float = 0.25
     max_drop_run: int = 2
+    anchors: tuple[int, ...] = (26,)
+    anchor_min_score: float = 0.5
     step_mm: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_STEP_MM))
 
 
@@ -110,6 +120,7 @@ class SequenceResult:
 
 _STATES = np.asarray(CRANIOCAUDAL)
 _S = len(_STATES)
+_INDEX = {int(s): i for i, s in enumerate(CRANIOCAUDAL)}
 _IS_TRANS = np.isin(_STATES, TRANSITIONAL)
 
 
@@ -206,6 +217,26 @@ def _emissions(scores: np.ndarray, classes: list[int], floor: float) -> np.ndarr
     present = np.isin(_STATES, list(col))
     P[:, ~present] = floor
     return np.log(np.clip(P, floor, 1.0))
+
+
+_NEVER = -1e6  # log-cost of a choice that must not be taken (finite, unlike -inf, so sums stay defined)
+
+
+def _anchor(E: np.ndarray, S: np.ndarray, classes: list[int], part: np.ndarray, p: "SequenceParams") -> np.ndarray:
+    """In place: the top-most whole candidate scoring >= ``anchor_min_score`` for an anchor level may take
+    only that level (see ``SequenceParams.anchors``). Returns the anchored candidates (bool, (N,))."""
+    anchored = np.zeros(E.shape[0], dtype=bool)
+    for level in p.anchors:
+        if level not in classes:
+            continue
+        hit = np.flatnonzero((S[:, classes.index(level)] >= p.anchor_min_score) & ~part & ~anchored)
+        if hit.size:
+            t = int(hit[0])
+            keep = E[t, _INDEX[level]]
+            E[t] = _NEVER
+            E[t, _INDEX[level]] = keep
+            anchored[t] = True
+    return anchored
 
 
 def _viterbi(E: np.ndarray, Ts: list[np.ndarray], prior: np.ndarray):
@@ -320,6 +351,7 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
     if part.shape != (n,):
         raise ValueError(f"partial must be ({n},), got {part.shape}")
     E[part] = 0.0
+    anchored = _anchor(E, S, classes, part, p)
     if n > _S:  # more candidates than levels: no strictly ordered labelling exists
         idx = np.argmax(E, axis=1)
         return SequenceResult([int(_STATES[i]) for i in idx], [float(np.exp(E[t, i])) for t, i in enumerate(idx)],
@@ -359,6 +391,7 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
             else:  # not known: the chain's ends may be cut
                 small[[0, -1]] = False
             drop[small] = float(p.small_drop_logprior)
+        drop[anchored] = _NEVER  # finite: the dropping Viterbi takes differences of cumulative costs
         kept, score = _viterbi_dropping(E, C, part, model, scale, prior, drop, int(p.max_drop_run))
         if not kept.all() and kept.sum() >= 2 and score > best + 1e-9:
             sub = decode_sequence(S[kept], classes, C[kept], replace(p, drop_logprior=None), partial=part[kept])

@@ -23,6 +23,9 @@ from phantom.softtissue import fine_texture, paint_soft_tissue
 from phantom.vertebra import sacral_tip
 
 MAX_WORK_VOXELS = 36_000_000
+# Bumped whenever a seed's image changes, and written to every case's meta: datasets made by different
+# versions are not the same data. 3: lower bone density, coarse scans (p_coarse), pixel-wide blur.
+GENERATOR_VERSION = 3
 HU_MIN, HU_MAX = -1024, 3071
 
 
@@ -41,7 +44,9 @@ def _sample_patient(rng: np.random.Generator, prof: Profile) -> Patient:
     levels = build_levels(rng, t13, l6, rng.random() < prof.p_t11_last_rib)
     scale = float(rng.uniform(*prof.size_factor))
     osteo = rng.random() < prof.p_osteoporosis
-    bone_hu = float(rng.uniform(70, 140) if osteo else rng.uniform(160, 320))
+    # Cancellous HU falls with age (L1: ~220 HU at 30, ~110 at 70; osteoporosis below ~100), and the
+    # real test scans measure 64-122 HU inside their vertebrae.
+    bone_hu = float(rng.uniform(40, 120) if osteo else rng.uniform(110, 280))
     scol = None
     if rng.random() < prof.p_scoliosis:
         start = float(rng.uniform(7.0, 16.0))
@@ -67,8 +72,8 @@ def _sample_patient(rng: np.random.Generator, prof: Profile) -> Patient:
             fr["sclerosis"] = float(rng.uniform(30.0, 180.0))
             cands[idx].fracture = fr
     pat = Patient(scale=scale, fat=float(rng.uniform(*prof.fat_factor)), bone_hu=bone_hu,
-                  cortex_hu=float(rng.uniform(800, 1100) if osteo else rng.uniform(1000, 1500)),
-                  cortex_mm=float(rng.uniform(0.8, 1.3) if osteo else rng.uniform(1.0, 1.8)),
+                  cortex_hu=float(rng.uniform(550, 900) if osteo else rng.uniform(750, 1300)),
+                  cortex_mm=float(rng.uniform(0.6, 1.2) if osteo else rng.uniform(0.8, 1.6)),
                   contrast=bool(rng.random() < prof.p_contrast), torso_w=float(rng.uniform(0.92, 1.1)),
                   levels=levels, scoliosis=scol, curve=curve)
     pat.diaphragm = float(rng.uniform(18.6, 19.8))  # level position of the posterior costophrenic recess
@@ -135,10 +140,15 @@ def _sample_fov(rng, prof: Profile, pat: Patient, span: tuple[int, int] | None =
     return np.array([x0, y0, z0]), np.array([x1, y1, z1]), bool(full)
 
 
-def _sample_spacing(rng, prof: Profile, extent: np.ndarray) -> np.ndarray:
+def _sample_spacing(rng, prof: Profile, extent: np.ndarray, coarse_rng: np.random.Generator) -> np.ndarray:
     inpl = rng.uniform(*prof.inplane_mm)
     # Thin slices are the common case; a third of scans have thick (2-3 mm) slices.
     sl = rng.uniform(prof.slice_mm[0], 1.5) if rng.random() < 0.65 else rng.uniform(1.5, prof.slice_mm[1])
+    # Coarse scans draw from their own stream, so every other draw of a seed (anatomy, field of view,
+    # noise) stays what it was before coarse scans existed.
+    if coarse_rng.random() < prof.p_coarse:
+        inpl = coarse_rng.uniform(*prof.coarse_inplane_mm)
+        sl = max(inpl, coarse_rng.uniform(*prof.coarse_slice_mm))
     sp = np.array([inpl, inpl, sl])
     n = np.prod(np.ceil(extent / sp))
     if n > prof.max_voxels:  # thicker slices first, then coarser pixels
@@ -171,7 +181,7 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
     pat = _sample_patient(rng, prof)
     lo, hi, full = _sample_fov(rng, prof, pat, span)
     extent = hi - lo
-    sp = _sample_spacing(rng, prof, extent)
+    sp = _sample_spacing(rng, prof, extent, _seeded(seed, profile, 2))
     if spacing is not None:
         sp = np.asarray(spacing, dtype=np.float64)
     # Working grid: the FOV plus a blur margin, ~1 mm (coarser only for very large full-body scans).
@@ -200,7 +210,9 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
 
     # Scanner: PSF blur (in-plane sigma; along z the slice profile), resample, noise.
     psf = float(rng.uniform(*prof.psf_mm))
-    sig = (psf, psf, max(psf, 0.42 * sp[2]))
+    # A detector element integrates over its pixel: coarse pixels average, they do not point-sample
+    # (0.42 x width: the sigma of a box of that width, as along z for the slice profile).
+    sig = (max(psf, 0.42 * sp[0]), max(psf, 0.42 * sp[1]), max(psf, 0.42 * sp[2]))
     hu = scanner.blur(hu, sig, grid.h)
     size = np.maximum(1, np.round(extent / sp)).astype(int)
     origin = lo + sp / 2
@@ -226,7 +238,7 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
     centroids = label_centroids(lab_img)
     present = [c["label"] for c in centroids]
     meta = {
-        "seed": int(seed), "profile": profile, "orientation": code,
+        "generator": GENERATOR_VERSION, "seed": int(seed), "profile": profile, "orientation": code,
         "spacing": [float(s) for s in ct_img.GetSpacing()], "size": list(ct_img.GetSize()),
         "labels": present, "names": [NAMES[lb] for lb in present],
         "full_body_fov": full, "fov_mm": [float(v) for v in extent],

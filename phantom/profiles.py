@@ -20,6 +20,11 @@ class Profile:
     # Voxel spacing (mm).
     inplane_mm: tuple[float, float] = (0.5, 1.0)
     slice_mm: tuple[float, float] = (0.6, 3.0)
+    # Coarse scans: low-dose protocols, old scanners, and archives that store a downsampled copy (real
+    # test data comes at 1.5 and 3 mm pixels). Drawn instead of the ranges above with p_coarse.
+    p_coarse: float = 0.2
+    coarse_inplane_mm: tuple[float, float] = (1.0, 3.0)
+    coarse_slice_mm: tuple[float, float] = (1.5, 3.0)  # the runtime refuses coarser (engine.preprocess)
     max_voxels: int = 40_000_000
     # Storage orientation: probability of a non-axial (permuted) layout, and of an odd flip within axial.
     p_permuted: float = 0.15
@@ -38,7 +43,7 @@ class Profile:
     p_t11_last_rib: float = 0.02    # 11 rib pairs: T12 without ribs (what readers call "T12 ribs absent")
     p_metal: float = 0.05
     p_contrast: float = 0.4
-    p_osteoporosis: float = 0.2
+    p_osteoporosis: float = 0.3
     fat_factor: tuple[float, float] = (0.5, 1.8)
     size_factor: tuple[float, float] = (0.88, 1.12)
 
@@ -64,6 +69,7 @@ PROFILES: dict[str, Profile] = {
         p_t11_last_rib=0.08,
         p_metal=0.3,
         p_osteoporosis=0.45,
+        p_coarse=0.3,
         fat_factor=(0.3, 2.4),
         size_factor=(0.8, 1.2),
     ),
@@ -71,7 +77,7 @@ PROFILES: dict[str, Profile] = {
 # Mild: clean scans, useful for debugging and for the demo sample.
 PROFILES["clean"] = replace(PROFILES["default"], name="clean", p_permuted=0.0, p_odd_flip=0.0,
                             noise_hu=(8.0, 20.0), p_scoliosis=0.0, p_fracture_case=0.0, p_t13=0.0,
-                            p_l6=0.0, p_t11_last_rib=0.0, p_metal=0.0)
+                            p_l6=0.0, p_t11_last_rib=0.0, p_metal=0.0, p_coarse=0.0)
 
 
 def get_profile(name: str) -> Profile:
@@ -81,4 +87,5 @@ def get_profile(name: str) -> Profile:
         raise SpinertError(f"unknown phantom profile {name!r} (choose from {', '.join(sorted(PROFILES))})") from None
 # Tiny: small fields of view and coarse voxels, for smoke tests and quick checks (not for training).
 PROFILES["tiny"] = replace(PROFILES["default"], name="tiny", fov_z_mm=(60.0, 90.0), fov_xy_mm=(110.0, 140.0),
-                           p_full_body_fov=0.0, inplane_mm=(0.9, 1.2), slice_mm=(1.5, 2.5), p_metal=0.0)
+                           p_full_body_fov=0.0, inplane_mm=(0.9, 1.2), slice_mm=(1.5, 2.5), p_metal=0.0,
+                           p_coarse=0.0)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "bench.cli",         # bench
     "training.cli",      # train
     "phantom.cli",       # phantom
+    "phantom.realism",   # realism
     "evaluation.cli",    # evaluate
 )
 

@@ -87,6 +87,11 @@ def test_quick_report_has_required_keys(quick_run):
     own = d["cascade_sets"]
     assert [o["ct"] for o in own] == ["small_ct.nii.gz"] and own[0]["n"] == cell["boxes"] > 0
     assert own[0]["identical"] is True and own[0]["speedup_vs_sklearn"] > 0
+    # ... and the whole two-stage clustering of those boxes against the paper's per-cluster sklearn calls.
+    two = d["two_stage"]
+    assert [t["ct"] for t in two] == ["small_ct.nii.gz"] and two[0]["n"] == cell["boxes"]
+    assert two[0]["identical"] is True and two[0]["candidates"] > 0
+    assert two[0]["sklearn_calls"] >= 1 + two[0]["candidates"]  # one per stage-1 cluster, plus stage 1
     assert rep["bridge"]["sizes"]["message_bytes"] > 0 and rep["publish_ms"]["p50"] > 0
 
 
@@ -95,8 +100,9 @@ def test_quick_writes_markdown_and_pngs(quick_run):
     md = (out / "r.md").read_text()
     assert "| backend | prec | CT |" in md and "small_ct.nii.gz" in md and "DBSCAN" in md
     assert "DBSCAN, the cascade's boxes of CT small_ct.nii.gz" in md
+    assert "two-stage clustering (2 DBSCAN calls), CT small_ct.nii.gz" in md
     assert md.strip() in r.stdout  # the same table is printed
-    for name in ("stage_breakdown.png", "latency_vs_size.png"):
+    for name in ("stage_breakdown.png", "latency_vs_size.png", "micro_speedups.png"):
         data = (out / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 

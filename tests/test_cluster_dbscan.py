@@ -10,8 +10,8 @@ import pytest
 from sklearn.cluster import DBSCAN as SkDBSCAN
 
 import engine.dbscan as C
-from bench.micro_dbscan import bench_one, detections_of_size, synth_detections
-from engine.cluster import BoxSet, ClusterParams, cluster_boxes
+from bench.micro_dbscan import assign_boxes_sklearn, bench_one, bench_two_stage, detections_of_size, synth_detections
+from engine.cluster import BoxSet, ClusterParams, assign_boxes, cluster_boxes
 from engine.dbscan import DBSCAN, connected_components_min_label, neighbour_pairs
 from engine.xp import get_xp, to_numpy
 
@@ -358,6 +358,36 @@ def test_cluster_boxes_empty_and_all_noise():
     assert cluster_boxes(boxes) == []
     with pytest.raises(ValueError):
         BoxSet(np.zeros(3), np.zeros((2, 2)), np.zeros((3, 2)), np.zeros(3))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_two_stage_equals_per_cluster_sklearn(seed):
+    # Stage 2 runs once over all clusters (shifted apart); the paper runs it per cluster. Same boxes
+    # kept, same candidate numbers, on realistic sets with many wrong sizes and false positives.
+    det = synth_detections(6 + 3 * seed, seed=seed, n_false=30, wrong_size_rate=0.15, boxes_per_slice=1.5)
+    c, s = det.boxes.centers_mm(), det.boxes.sizes_mm()
+    ours = assign_boxes(c, s)
+    assert np.array_equal(ours, assign_boxes_sklearn(c, s))
+    assert (ours >= 0).any()
+
+
+def test_two_stage_tie_all_noise_and_fraction_rule_match_the_paper_way():
+    p = ClusterParams(eps_mm=3.0, min_samples=3, size_eps_mm=1.0, size_min_samples=2, ap_weight=1.0,
+                      min_fraction=0.2)
+    line = lambda k0, m: np.stack([k0 + 0.5 * np.arange(m), np.zeros(m), np.zeros(m)], 1)  # noqa: E731
+    # Cluster A: two size sub-clusters of 4 boxes each (a tie: the first found wins).
+    # Cluster B: every size isolated (all stage-2 noise: all boxes kept).
+    # Cluster C: 3 boxes, under 0.2 x the largest kept count (B's 20).
+    c = np.concatenate([line(0.0, 20), line(100.0, 20), line(200.0, 3)])
+    s = np.concatenate([np.repeat([[10.0, 10.0], [20.0, 20.0], [40.0, 40.0], [60.0, 60.0]], [6, 6, 4, 4], axis=0),
+                        np.stack([10.0 * np.arange(20), np.zeros(20)], 1), np.full((3, 2), 5.0)])
+    ours = assign_boxes(c, s, p)
+    ref = assign_boxes_sklearn(c, s, p)
+    assert np.array_equal(ours, ref)
+    assert (ours[:6] == 0).all() and (ours[6:20] == -1).all()  # first of the tied sub-clusters
+    assert (ours[20:40] == 1).all() and (ours[40:] == -1).all()
+    r = bench_two_stage(c, s, repeats=2, params=p)
+    assert r["identical"] is True and r["sklearn_calls"] == 4 and r["candidates"] == 2
 
 
 def test_micro_bench_reports_identical():

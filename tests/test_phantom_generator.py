@@ -167,3 +167,52 @@ def test_cli_unwritable_out(tmp_path):
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = _cli("phantom", "--out", str(f), "--n", "1")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+
+
+def _coarse_profile(monkeypatch, p: float) -> str:
+    from dataclasses import replace
+
+    from phantom.profiles import PROFILES
+
+    # Same name: the name seeds the streams, so the seed keeps its patient.
+    monkeypatch.setitem(PROFILES, PROFILE, replace(PROFILES[PROFILE], p_coarse=p, coarse_inplane_mm=(2.5, 3.0),
+                                                   coarse_slice_mm=(4.0, 5.0)))
+    return PROFILE
+
+
+def test_coarse_scans_change_spacing_only(monkeypatch, case):
+    # p_coarse draws from its own stream: with it off the image is the same as before; with it on the
+    # same seed keeps its anatomy (labels in view, centroids) on a coarse grid.
+    off = generate(SEED, _coarse_profile(monkeypatch, 0.0))
+    np.testing.assert_array_equal(off.ct.array, case.ct.array)
+    on = generate(SEED, _coarse_profile(monkeypatch, 1.0))
+    sx, sy, sz = on.ct.spacing
+    assert 2.5 <= sx == sy <= 3.0 and 4.0 <= sz <= 5.0
+    assert on.meta["generator"] == case.meta["generator"] >= 3
+    assert [c["label"] for c in on.centroids] == [c["label"] for c in case.centroids]
+    for a, b in zip(on.centroids, case.centroids):  # centroids of coarser voxels move by < a voxel
+        assert abs(a["X"] - b["X"]) < 3 and abs(a["Y"] - b["Y"]) < 3 and abs(a["Z"] - b["Z"]) < 5
+
+
+def test_realism_report_real_against_phantoms(monkeypatch, tmp_path, case):
+    # Two folders of phantoms (fine and coarse) measured against a reference folder: distinct groups,
+    # the coarse one's pixels and bone edges show it, the report files are written and not overwritten.
+    fine, coarse = tmp_path / "fine", tmp_path / "coarse"
+    write_case(case, fine)
+    write_case(generate(SEED + 1, PROFILE), tmp_path / "ref")
+    write_case(generate(SEED, _coarse_profile(monkeypatch, 1.0)), coarse)
+    out = tmp_path / "rep"
+    r = _cli("realism", "--ref", str(tmp_path / "ref"), "--cases", str(fine), str(coarse), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "realism.json").read_text())
+    by = {c["group"]: c for c in rep["cases"]}
+    assert set(by) == {"ref", "fine", "coarse"}
+    assert by["coarse"]["inplane_mm"] >= 2.5 > by["fine"]["inplane_mm"]
+    assert by["coarse"]["surface_gradient_hu_mm"] < by["fine"]["surface_gradient_hu_mm"]  # blurrier bone edges
+    assert 0 < by["fine"]["noise_hu"] < 200 and by["fine"]["vertebra_hu_p50"] > by["fine"]["ring_hu_p50"]
+    assert set(rep["coverage"]) == {"fine", "coarse"}
+    assert (out / "realism.png").read_bytes()[:4] == b"\x89PNG" and "| inplane_mm |" in (out / "realism.md").read_text()
+    again = _cli("realism", "--ref", str(tmp_path / "ref"), "--cases", str(fine), "--out", str(out))
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "--overwrite" in again.stderr
+    bad = _cli("realism", "--ref", str(tmp_path / "nope"), "--cases", str(fine), "--out", str(tmp_path / "r2"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

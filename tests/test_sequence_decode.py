@@ -320,3 +320,47 @@ def test_a_small_piece_inside_the_chain_is_dropped_not_labelled():
     assert off.dropped == [] and 0 not in off.labels
     with pytest.raises(ValueError):
         decode_sequence(S, ALL, C, volumes=vol[1:])
+
+
+def _lumbar_read_two_high():
+    """The real abdomen CT (tssample-example-ct: T12-L5 and the sacrum; T11 barely in view) as a
+    coarse-scanner labeller scored it in session 8: the top scores of each row, lumbar levels read up to
+    two levels high, the sacrum clear; and the centres the cascade found."""
+    labs = span("T12", "L5") + [IDS["S"]]
+    rows = [{19: 0.94, 18: 0.02}, {19: 0.93, 20: 0.04}, {20: 0.89, 19: 0.08}, {20: 0.96, 21: 0.01, 19: 0.01},
+            {21: 0.49, 6: 0.12, 24: 0.09}, {21: 0.53, 7: 0.11, 19: 0.06}, {26: 0.86, 7: 0.04, 20: 0.02}]
+    S = onehot(labs, 0.8)
+    for i, row in enumerate(rows):
+        set_row(S, i, row)
+    z = 416.2 - np.array([416.2, 385.7, 350.7, 315.3, 278.8, 242.9, 217.9])  # its centres (mm, head to feet)
+    return labs, S, np.stack([z, np.zeros(7), np.zeros(7)], 1)
+
+
+def test_sacrum_anchors_a_chain_the_labeller_reads_too_high():
+    labs, S, C = _lumbar_read_two_high()
+    free = decode_sequence(S, ALL, C, SequenceParams(anchors=()))
+    assert free.labels[-1] != IDS["S"]  # the shifted reading outvotes the sacrum's own score
+    r = decode_sequence(S, ALL, C)
+    assert r.labels == labs and r.consistent
+
+
+def test_anchor_only_binds_a_confident_top_most_sacrum():
+    labs, S, C = _lumbar_read_two_high()
+    set_row(S, len(labs) - 1, {IDS["S"]: 0.45, IDS["L1"]: 0.02})  # under anchor_min_score: not anchored
+    assert decode_sequence(S, ALL, C).labels == decode_sequence(S, ALL, C, SequenceParams(anchors=())).labels
+    # A second sacrum-like candidate below the first (a lower sacral piece) is not forced to S as well:
+    # the chain stays consistent and the upper one is the sacrum.
+    labs, S, C = _lumbar_read_two_high()
+    S2 = np.vstack([S, S[-1:]])
+    C2 = np.vstack([C, C[-1:] + [25.0, 0.0, 0.0]])
+    r = decode_sequence(S2, ALL, C2)
+    assert r.consistent and r.labels[:len(labs)] == labs and r.labels[-1] in (0, IDS["Co"])
+
+
+def test_anchored_sacrum_is_never_dropped():
+    labs = span("L1", "L5") + [IDS["S"]]
+    S = onehot(labs, 0.8)
+    C = centres(labs)
+    r = decode_sequence(S, ALL, C, SequenceParams(small_drop_logprior=0.0), volumes=np.r_[np.full(5, 40.0), 1.0],
+                        cut=np.zeros(6, bool))  # a tiny sacrum mask: cheap to drop, but anchored
+    assert r.labels == labs and r.dropped == []
