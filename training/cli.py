@@ -41,8 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--imgsz", type=int, help="detector image size")
     p.add_argument("--arch", help="detector ultralytics yaml (default yolo11n.yaml)")
     p.add_argument("--init", metavar="WEIGHTS",
-                   help="start from these weights (detector: ultralytics .pt; segmenter/labeller: a checkpoint of --work/ckpt) "
-                        "with a new schedule instead of from scratch")
+                   help="start from these weights (detector: ultralytics .pt; segmenter/labeller: a checkpoint of --work/ckpt "
+                        "or a shipped fp32 ONNX file such as spinert/models/segmenter.onnx) with a new schedule "
+                        "instead of from scratch")
     p.add_argument("--slice-step", type=int, help="detector: use every Nth sagittal slice")
     p.add_argument("--evaluate", metavar="DIR",
                    help="no training: acceptance figures of the shipped model in --out on this held-out folder")

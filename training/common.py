@@ -91,14 +91,28 @@ def init_path(args) -> Path | None:
 
 
 def init_label(args) -> str:
-    """What the training record says a run started from."""
-    return str(getattr(args, "init", None) or "scratch")
+    """What the training record says a run started from (with the file's sha256, so the start is traceable)."""
+    path = getattr(args, "init", None)
+    if not path:
+        return "scratch"
+    from engine.models import sha256_file
+
+    return f"{path} (sha256 {sha256_file(Path(path))[:16]})"
 
 
-def init_weights(model, args, log=print) -> None:
-    """Start from --init's weights with a fresh optimiser and schedule (a second, longer schedule)."""
+def init_weights(model, args, log=print, batches: Callable[[], list] | None = None) -> None:
+    """Start from --init's weights with a fresh optimiser and schedule (a second, longer schedule).
+
+    A ``.onnx`` file (a shipped fp32 model) is read back by ``training.from_onnx``; its folded BatchNorm is
+    unfolded on ``batches()`` (training inputs at the model's full input shape).
+    """
     path = init_path(args)
     if path is None:
+        return
+    if path.suffix == ".onnx":
+        from training.from_onnx import load_onnx_init
+
+        load_onnx_init(model, path, batches(), log)
         return
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(ck["model"] if "model" in ck else ck)

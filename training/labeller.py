@@ -203,7 +203,7 @@ def train(args, log=print) -> dict:
     cfg = LabellerConfig(in_channels=len(pp["channels"]), num_classes=len(classes), widths=widths,
                          input_shape=list(pp["shape"]), layers=1 if args.tiny else 2)
     model = ResNetTransformer3D(cfg)
-    common.init_weights(model, args, log)
+    common.init_weights(model, args, log, lambda: init_batches(tr, args.seed))
     model = model.to(device)
     lr = args.lr or 3e-4
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -245,6 +245,14 @@ def train(args, log=print) -> dict:
                "device": str(device), "date": export.now_iso(), "wall_time_s": round(time.time() - t0, 1),
                "tiny": bool(args.tiny)}
     return ship(model, pp, classes, final, trained, Path(args.out), work, args.version)
+
+
+def init_batches(samples: Samples, seed: int, n: int = 64, batch: int = 16) -> list[torch.Tensor]:
+    """Training inputs (augmented as in training) for unfolding an ONNX model's BatchNorm."""
+    rng = np.random.default_rng(seed + 1)  # its own stream: the training samples stay those of the seed
+    idx = rng.permutation(len(samples.items))[:n]
+    xs = [samples.x(i, rng) for i in idx]
+    return [torch.from_numpy(np.stack(xs[i:i + batch])) for i in range(0, len(xs), batch)]
 
 
 def ship(model, pp, classes, metrics, trained, out: Path, work: Path, version: str) -> dict:

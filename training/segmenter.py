@@ -110,6 +110,17 @@ def make_sample(ct, mask, pp, off, patch: int, rng: np.random.Generator, on_mask
     return x, y[None].astype(np.float32)
 
 
+def init_batches(files: list[Path], pp: dict, seed: int, n: int = 8, batch: int = 2) -> list[torch.Tensor]:
+    """Full ROIs of training vertebrae (detector-like offsets) for unfolding an ONNX model's BatchNorm."""
+    rng = np.random.default_rng(seed + 1)  # its own stream: the training samples stay those of the seed
+    r, max_off = int(pp["roi"]), MAX_OFFSET_MM / pp["spacing_mm"]
+    xs = []
+    for i in rng.permutation(len(files))[:n]:
+        ct, m, _ = load_roi(files[i])
+        xs.append(make_sample(ct, m, pp, random_offset(rng, max_off), r, rng)[0])
+    return [torch.from_numpy(np.stack(xs[i:i + batch])) for i in range(0, len(xs), batch)]
+
+
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 1.5) -> torch.Tensor:
     """Weighted BCE (vertebra voxels weighted up: a navigation robot prefers over- to under-segmentation) + Dice."""
     bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(pos_weight, device=y.device))
@@ -212,7 +223,9 @@ def train(args, log=print) -> dict:
 
     model = AttentionUNet3D(UNetConfig(widths=widths))
     init = common.init_path(args)
-    if init is not None:
+    if init is not None and init.suffix == ".onnx":
+        common.init_weights(model, args, log, lambda: init_batches(tr_files, pp, args.seed))
+    elif init is not None:
         widen.load_init(model, init, log)
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr or 1e-3)
