@@ -110,9 +110,17 @@ def build(kind: str, case: CalibCase, keys: np.ndarray, preprocess: dict) -> np.
 
 
 def _evenly(cands: np.ndarray, q: int) -> np.ndarray:
+    """``q`` of ``cands`` spread evenly, both ends and the middle included. The middle of the spine band
+    (the mid-sagittal slice) is where the detector fires hardest: calibrated without it, INT8 saturates
+    exactly the activations that find the vertebrae."""
     if q >= cands.size:
         return cands
-    return cands[np.unique(np.round(np.linspace(0, cands.size - 1, q)).astype(int))]
+    pos = np.round(np.linspace(0, cands.size - 1, q)).astype(int)
+    mid = (cands.size - 1) // 2
+    if q >= 3:
+        inner = np.arange(1, q - 1)
+        pos[inner[np.argmin(np.abs(pos[inner] - mid))]] = mid
+    return cands[np.unique(pos)]
 
 
 def build_inputs(specs: dict[str, ModelSpec], folder: str | Path, ids: list[str], samples: int,

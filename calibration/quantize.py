@@ -7,6 +7,7 @@ The graph is what TensorRT's explicit-quantisation path wants (and ONNX Runtime 
 - biases left in float (QuantizeBias=False): TensorRT refuses the int32 DequantizeLinear that ONNX Runtime
   would put on them ("input has type Int32 but must have type ... Int8");
 - a dedicated Q/DQ pair per consumer (DedicatedQDQPair): TensorRT cannot share one pair between nodes;
+- the nodes that write the graph's outputs stay float (``output_nodes``);
 - by default only the ops TensorRT runs in INT8 (weighted layers and pooling, ``TRT_OP_TYPES``); ``op_types``
   widens it ("all": every op ONNX Runtime can quantise).
 The FP32 graph is simplified first with onnxslim (the same step `spinert export` takes), so Identity-free,
@@ -138,6 +139,24 @@ def simplify(source: Path, dest: Path) -> str:
     return note
 
 
+def output_nodes(path: str | Path) -> list[str]:
+    """Names of the nodes that write the graph's outputs: they stay float. One INT8 scale per tensor cannot
+    hold a detector's concatenated boxes (pixels, ~0-640) and scores (0-1): the scores round to zero.
+
+    Nodes without a name (nodes_to_exclude matches names) are named ``<op>_<index>`` in the file first.
+    """
+    import onnx
+
+    m = onnx.load(str(path))
+    unnamed = [(i, n) for i, n in enumerate(m.graph.node) if not n.name]
+    for i, n in unnamed:
+        n.name = f"{n.op_type}_{i}"
+    if unnamed:
+        onnx.save(m, str(path))
+    outs = {o.name for o in m.graph.output}
+    return [n.name for n in m.graph.node if outs.intersection(n.output)]
+
+
 def quantize(source: str | Path, dest: str | Path, input_name: str, x: np.ndarray, settings: QuantSettings,
              ranges: str | Path) -> QuantResult:
     """Q/DQ-quantise ``source`` into ``dest``, calibrating on ``x`` unless ``ranges`` (the cache) exists."""
@@ -160,7 +179,7 @@ def quantize(source: str | Path, dest: str | Path, input_name: str, x: np.ndarra
                   activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                   calibrate_method=_method(settings.method),
                   op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
-                  extra_options=settings.extra_options())
+                  nodes_to_exclude=output_nodes(slim), extra_options=settings.extra_options())
         with _quiet_ort():
             try:
                 quantize_static(str(slim), str(dest), _reader(input_name, x), calibration_cache_path=str(ranges),

@@ -19,13 +19,15 @@ from phantom.grid import WorkGrid
 from phantom.profiles import Profile, get_profile
 from phantom.skeleton import (composite_other_bone, paint_discs, paint_metal, paint_other_bone,
                               paint_vertebrae)
+from phantom.neuraxis import paint_canal
 from phantom.softtissue import fine_texture, paint_soft_tissue
 from phantom.vertebra import sacral_tip
 
 MAX_WORK_VOXELS = 36_000_000
 # Bumped whenever a seed's image changes, and written to every case's meta: datasets made by different
 # versions are not the same data. 3: lower bone density, coarse scans (p_coarse), pixel-wide blur.
-GENERATOR_VERSION = 3
+# 4: spinal canal contents (epidural fat, CSF, cord), muscle density and fatty infiltration.
+GENERATOR_VERSION = 4
 HU_MIN, HU_MAX = -1024, 3071
 
 
@@ -193,7 +195,9 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
 
     hu = np.full(shape, -1000.0, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.uint8)
-    paint_soft_tissue(grid, hu, pat, rng)
+    tissue = _seeded(seed, profile, 3)  # generator 4's own stream: the rest of a seed is generator 3's
+    paint_soft_tissue(grid, hu, pat, rng, tissue)
+    paint_canal(grid, hu, pat, tissue)
     texture = fine_texture(shape, rng, grid.h)
     other = np.full(shape, 1e3, dtype=np.float32)
     paint_other_bone(grid, other, hu, pat, rng)

@@ -172,7 +172,8 @@ def test_calibration_inputs_are_the_runtime_tensors(calibrated, cache, cal_data)
                 want = labeller_input(case.labels == k, case.iso, case.centers[k], pp)
             np.testing.assert_array_equal(x, want)
     det = [k for _, k in _inputs(models, cache, "detector").keys]
-    assert det[0] == band[0] and det[-1] == band[-1]  # spread over the whole band, ends included
+    assert det[0] == band[0] and det[-1] == band[-1]  # spread over the whole band, ends included ...
+    assert band[(band.size - 1) // 2] in det  # ... and its middle, where the detector fires hardest
     seg = [k for _, k in _inputs(models, cache, "segmenter").keys]
     assert len(set(seg)) == 4 and set(seg) <= set(case.centers)
 
@@ -192,6 +193,11 @@ def test_manifest_gets_a_verified_int8_entry_and_the_cascade_runs_it(calibrated,
         assert rec["source_sha256"] == spec.sha256["fp32"] and rec["date"] and rec["guard"] is None
         assert {"onnxruntime", "onnx", "numpy"} <= set(rec["versions"])
         assert rec["qdq"]["nonzero_zero_points"] == 0 and rec["qdq"]["quantize_linear"] > 0
+        # The graph's outputs are written by float nodes: the detector's boxes (pixels) and scores (0-1)
+        # share one tensor, and one INT8 scale for both rounds every score to zero.
+        g = onnx.load(str(spec.path("int8"))).graph
+        producers = {o: n.op_type for n in g.node for o in n.output}
+        assert all(producers[o.name] != "DequantizeLinear" for o in g.output), name
     ct = guard_data / "blocks-0_ct.nii.gz"
     rc, out, err = _main(["run", str(ct), "--out", str(tmp_path), "--backend", "onnxruntime", "--precision", "int8",
                           "--models", str(models), "--quiet"])

@@ -216,3 +216,41 @@ def test_realism_report_real_against_phantoms(monkeypatch, tmp_path, case):
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "--overwrite" in again.stderr
     bad = _cli("realism", "--ref", str(tmp_path / "nope"), "--cases", str(fine), "--out", str(tmp_path / "r2"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_spinal_canal_holds_csf_cord_and_epidural_fat():
+    """Generator 4: the canal is CSF (cord above the conus) wrapped in epidural fat, not muscle."""
+    from phantom.generator import _sample_patient, _seeded
+    from phantom.grid import WorkGrid
+    from phantom.neuraxis import CONUS_POS, canal_axis, paint_canal
+    from phantom.profiles import get_profile
+
+    pat = _sample_patient(_seeded(SEED, "default", 0), get_profile("default"))
+    axis = canal_axis(pat)
+    pts = np.array([c for c, *_ in axis])
+    lo, hi = pts.min(0) - 20.0, pts.max(0) + 20.0
+    grid = WorkGrid(origin=lo, h=1.0, shape=tuple(int(v) for v in np.ceil(hi - lo)[::-1]))
+    muscle = 45.0
+    hu = np.full(grid.shape, muscle, dtype=np.float32)
+    paint_canal(grid, hu, pat, np.random.default_rng(0))
+    rng = np.random.default_rng(0)  # the same draws paint_canal made
+    fat, csf, cord = rng.uniform(-115.0, -80.0), rng.uniform(0.0, 15.0), rng.uniform(28.0, 40.0)
+
+    def at(p):
+        k = np.rint((np.asarray(p) - grid.origin) / grid.h).astype(int)
+        return float(hu[k[2], k[1], k[0]])
+
+    checked = 0
+    for (a, up, cw, cd, pos), (b, *_rest) in zip(axis[:-1], axis[1:]):
+        mid = 0.5 * (a + b)
+        side = np.cross(b - a, up)
+        side /= np.linalg.norm(side)
+        if 21.0 <= pos <= 23.5:  # lumbar: CSF in the middle, fat between the sac and the canal wall
+            assert at(mid) == pytest.approx(csf, abs=1.0)
+            assert at(mid + side * 0.85 * cw) == pytest.approx(fat, abs=1.0)
+            checked += 1
+        elif 9.0 <= pos < CONUS_POS - 1:  # thoracic: the cord in the middle
+            assert at(mid) == pytest.approx(cord, abs=1.0)
+            checked += 1
+    assert checked >= 10
+    assert at(lo + 2.0) == muscle  # nothing painted outside the canal

@@ -100,11 +100,11 @@ def init_label(args) -> str:
     return f"{path} (sha256 {sha256_file(Path(path))[:16]})"
 
 
-def init_weights(model, args, log=print, batches: Callable[[], list] | None = None) -> None:
+def init_weights(model, args, log=print, batches: Callable[[], tuple[list, list]] | None = None) -> None:
     """Start from --init's weights with a fresh optimiser and schedule (a second, longer schedule).
 
-    A ``.onnx`` file (a shipped fp32 model) is read back by ``training.from_onnx``; its folded BatchNorm is
-    unfolded on ``batches()`` (training inputs at the model's full input shape).
+    A ``.onnx`` file (a shipped fp32 model) is read back by ``training.from_onnx``: ``batches()`` returns
+    (training batches, on which its folded BatchNorm is unfolded; inputs of the file's shape for parity).
     """
     path = init_path(args)
     if path is None:
@@ -112,7 +112,8 @@ def init_weights(model, args, log=print, batches: Callable[[], list] | None = No
     if path.suffix == ".onnx":
         from training.from_onnx import load_onnx_init
 
-        load_onnx_init(model, path, batches(), log)
+        train, check = batches()
+        load_onnx_init(model, path, train, log, check=check)
         return
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(ck["model"] if "model" in ck else ck)

@@ -203,7 +203,7 @@ def train(args, log=print) -> dict:
     cfg = LabellerConfig(in_channels=len(pp["channels"]), num_classes=len(classes), widths=widths,
                          input_shape=list(pp["shape"]), layers=1 if args.tiny else 2)
     model = ResNetTransformer3D(cfg)
-    common.init_weights(model, args, log, lambda: init_batches(tr, args.seed))
+    common.init_weights(model, args, log, lambda: init_batches(tr, args.seed, batch))
     model = model.to(device)
     lr = args.lr or 3e-4
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -247,12 +247,14 @@ def train(args, log=print) -> dict:
     return ship(model, pp, classes, final, trained, Path(args.out), work, args.version)
 
 
-def init_batches(samples: Samples, seed: int, n: int = 64, batch: int = 16) -> list[torch.Tensor]:
-    """Training inputs (augmented as in training) for unfolding an ONNX model's BatchNorm."""
+def init_batches(samples: Samples, seed: int, batch: int, n: int = 64) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Training inputs (augmented as in training, at its batch size) for unfolding an ONNX model's BatchNorm;
+    the labeller's input shape is fixed, so they also serve the parity check."""
     rng = np.random.default_rng(seed + 1)  # its own stream: the training samples stay those of the seed
-    idx = rng.permutation(len(samples.items))[:n]
+    idx = rng.choice(len(samples.items), size=n)
     xs = [samples.x(i, rng) for i in idx]
-    return [torch.from_numpy(np.stack(xs[i:i + batch])) for i in range(0, len(xs), batch)]
+    train = [torch.from_numpy(np.stack(xs[i:i + batch])) for i in range(0, len(xs), batch)]
+    return train, train[:1]
 
 
 def ship(model, pp, classes, metrics, trained, out: Path, work: Path, version: str) -> dict:

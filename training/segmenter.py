@@ -110,15 +110,21 @@ def make_sample(ct, mask, pp, off, patch: int, rng: np.random.Generator, on_mask
     return x, y[None].astype(np.float32)
 
 
-def init_batches(files: list[Path], pp: dict, seed: int, n: int = 8, batch: int = 2) -> list[torch.Tensor]:
-    """Full ROIs of training vertebrae (detector-like offsets) for unfolding an ONNX model's BatchNorm."""
+def init_batches(files: list[Path], pp: dict, seed: int, patch: int, sampling: dict, batch: int,
+                 n_train: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """For unfolding an ONNX model's BatchNorm: training batches (sub-crops sampled as training samples
+    them) and two full ROIs for the parity check."""
     rng = np.random.default_rng(seed + 1)  # its own stream: the training samples stay those of the seed
     r, max_off = int(pp["roi"]), MAX_OFFSET_MM / pp["spacing_mm"]
-    xs = []
-    for i in rng.permutation(len(files))[:n]:
+    xs, full = [], []
+    for i in rng.permutation(len(files))[:n_train]:
         ct, m, _ = load_roi(files[i])
-        xs.append(make_sample(ct, m, pp, random_offset(rng, max_off), r, rng)[0])
-    return [torch.from_numpy(np.stack(xs[i:i + batch])) for i in range(0, len(xs), batch)]
+        off = random_offset(rng, max_off)
+        xs.append(make_sample(ct, m, pp, off, patch, rng, sampling["patch_on_mask_p"])[0])
+        if len(full) < 2:
+            full.append(make_sample(ct, m, pp, off, r, rng)[0])
+    train = [torch.from_numpy(np.stack(xs[i:i + batch])) for i in range(0, len(xs), batch)]
+    return train, [torch.from_numpy(np.stack(full))]
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 1.5) -> torch.Tensor:
@@ -222,9 +228,10 @@ def train(args, log=print) -> dict:
         f"{patch}^3, batch {batch}, {epochs}x{steps} steps on {device}")
 
     model = AttentionUNet3D(UNetConfig(widths=widths))
+    sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
     init = common.init_path(args)
     if init is not None and init.suffix == ".onnx":
-        common.init_weights(model, args, log, lambda: init_batches(tr_files, pp, args.seed))
+        common.init_weights(model, args, log, lambda: init_batches(tr_files, pp, args.seed, patch, sampling, batch))
     elif init is not None:
         widen.load_init(model, init, log)
     model = model.to(device)
@@ -232,7 +239,6 @@ def train(args, log=print) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=(args.lr or 1e-3) * 0.05)
     rng = np.random.default_rng(args.seed)
     max_off = MAX_OFFSET_MM / pp["spacing_mm"]
-    sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
 
     def step(_i: int) -> float:
         xs, ys = [], []
