@@ -37,6 +37,7 @@ from engine.errors import SpinertError
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 PARITY_ATOL = 1e-3  # on outputs of order 1 (probabilities, logits); fp32 reordering is ~1e-5
+_ARCH_HINT = "check --widths/--channels against its manifest entry 'arch'"
 
 
 class OnnxInitError(SpinertError):
@@ -107,6 +108,13 @@ def _identify(values: np.ndarray, ranges: list[tuple[str, int, int]]) -> tuple[s
     return None
 
 
+def _scatter(values: np.ndarray, idx: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """The file's tensor back in the parameter's element order (``idx``: each element's flat index)."""
+    t = torch.empty(like.numel())
+    t[idx] = torch.from_numpy(values.astype(np.float32).ravel())
+    return t.reshape(like.shape)
+
+
 def _bn_stats(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel mean and variance of every BatchNorm's input over ``batches`` (model in eval mode)."""
     acc: dict[str, list] = {}
@@ -161,8 +169,7 @@ def load_onnx_init(model: nn.Module, path: str | Path, batches: Iterable[torch.T
             m_ops, m_pos = _initializers(Path(tmp) / f"m{k}.onnx")
             marks.append((m_pos, ranges))
     if m_ops != ops or set(m_pos) != set(shipped):
-        raise OnnxInitError(f"{path.name} is not this network (its graph differs: check --widths/--channels "
-                            f"against the model's manifest entry 'arch')")
+        raise OnnxInitError(f"{path.name} is not this network (its graph differs; {_ARCH_HINT})")
 
     params = dict(model.named_parameters())
     bn_mods = {n: m for n, m in model.named_modules() if isinstance(m, _BN)}
@@ -173,7 +180,7 @@ def load_onnx_init(model: nn.Module, path: str | Path, batches: Iterable[torch.T
         a0, a1 = marks[0][0][key], marks[1][0][key]
         if a0.shape != arr.shape:
             raise OnnxInitError(f"{path.name} is not this network: a weight of shape {arr.shape} where this network "
-                                f"has {a0.shape} (check --widths/--channels against its manifest entry 'arch')")
+                                f"has {a0.shape} ({_ARCH_HINT})")
         if arr.dtype.kind != "f":
             if not np.array_equal(a0, arr):
                 raise OnnxInitError(f"{path.name}: a graph constant differs from this network's")
@@ -182,9 +189,7 @@ def load_onnx_init(model: nn.Module, path: str | Path, batches: Iterable[torch.T
         who = _identify(a0, marks[0][1])
         if bn_shift is not None and bn_shift[0].rsplit(".", 1)[0] in bn_mods:
             name, idx = bn_shift
-            t = torch.empty(params[name].numel())
-            t[idx] = torch.from_numpy(arr.astype(np.float32).ravel())
-            folded_bias[name.rsplit(".", 1)[0]] = t.reshape(params[name].shape)
+            folded_bias[name.rsplit(".", 1)[0]] = _scatter(arr, idx, params[name])
             if who is not None:  # the conv's own bias was folded into the same b'
                 state[who[0]] = torch.zeros_like(state[who[0]])
                 loaded.add(who[0])
@@ -195,9 +200,7 @@ def load_onnx_init(model: nn.Module, path: str | Path, batches: Iterable[torch.T
                 continue  # a constant of the graph, not a weight
             raise OnnxInitError(f"{path.name}: a weight tensor {arr.shape} matches no parameter of this network")
         name, idx = who
-        t = torch.empty(params[name].numel())
-        t[idx] = torch.from_numpy(arr.astype(np.float32).ravel())
-        state[name] = t.reshape(params[name].shape)
+        state[name] = _scatter(arr, idx, params[name])
         loaded.add(name)
 
     for n, mod in bn_mods.items():  # identity first: the statistics pass must see the shipped function
