@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--density-p", type=float,
                    help="segmenter: probability of fainter bone per sample (training.density; default 0)")
     p.add_argument("--crop", choices=["fixed", "bbox"], help="labeller crop mode")
+    p.add_argument("--masks-from", metavar="MODELS",
+                   help="labeller: train (or --evaluate) on the masks this models folder's segmenter draws, "
+                        "as the cascade hands them over, instead of the ground-truth masks")
     p.add_argument("--imgsz", type=int, help="detector image size")
     p.add_argument("--arch", help="detector ultralytics yaml (default yolo11n.yaml)")
     p.add_argument("--init", metavar="WEIGHTS",

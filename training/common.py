@@ -121,9 +121,12 @@ def init_weights(model, args, log=print, batches: Callable[[], tuple[list, list]
 
 
 def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[], dict], schedule: Schedule,
-        ckpt_dir: Path, resume: bool, key: str, higher_is_better: bool = True, log=print) -> dict:
+        ckpt_dir: Path, resume: bool, key: str, higher_is_better: bool = True, log=print,
+        validate_init: bool = False) -> dict:
     """Epoch loop: ``step_fn(global_step) -> loss``; validation + checkpoint (last and best) after each epoch.
 
+    ``validate_init``: a fresh run from --init weights first scores them (epoch -1 in the history), so a
+    fine-tune that never beats its start says so and ships the start, not its best worse epoch.
     Returns {"history": [...], "best": metrics of the best epoch, "best_path": ...}.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +139,12 @@ def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[
     elif resume:
         log(f"--resume: no checkpoint at {last}, starting fresh")
     best = None
+    if validate_init and not history:
+        model.eval()
+        rec = {"epoch": -1, "init": True, **validate()}
+        history.append(rec)
+        log(json.dumps(rec))
+        save_ckpt(best_p, model, opt, sched, -1, history, {"best": rec})
     for h in history:
         if best is None or ((h[key] > best[key]) if higher_is_better else (h[key] < best[key])):
             best = h
@@ -160,6 +169,8 @@ def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[
         save_ckpt(last, model, opt, sched, epoch, history, {"best": best})
         if improved:
             save_ckpt(best_p, model, opt, sched, epoch, history, {"best": best})
+    if best is not None and best.get("init"):
+        log(f"no epoch beat the --init weights on validation ({key} {best[key]:.4f}): they are kept")
     return {"history": history, "best": best, "best_path": best_p if best_p.is_file() else last}
 
 

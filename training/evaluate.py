@@ -41,7 +41,9 @@ def evaluate(args, log=print) -> dict:
     elif args.model == "labeller":
         from training import labeller
 
-        samples = labeller.Samples(labeller.cache_vertebrae(Path(args.evaluate), ids, work / "eval_cache", pp), pp)
+        masks = labeller.mask_source(args)
+        cache = work / ("eval_cache" if masks is None else f"eval_cache-{masks.tag}")
+        samples = labeller.Samples(labeller.cache_vertebrae(Path(args.evaluate), ids, cache, pp, masks), pp)
         res = labeller.evaluate(_ort(spec.path(prec)), samples, [int(c) for c in spec.classes])
         res["n_unknown_label"] = sum(1 for lab in samples.labels() if lab not in spec.classes)
     else:

@@ -47,26 +47,34 @@ SCALE_AXIS = 0.04
 COARSE_P = 0.0
 
 
-def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict) -> list[Path]:
-    """One .npz per vertebra: mask bits and CT (int16) of a box large enough for both crop modes + jitter."""
+def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict, masks=None) -> list[Path]:
+    """One .npz per vertebra: mask bits and CT (int16) of a box large enough for both crop modes + jitter.
+
+    ``masks``: None = the ground-truth masks and centres; a ``training.cascade_masks.SegmenterMasks`` = the
+    segmenter's masks and their centroids (vertebrae it drops are left out, as the cascade leaves them)."""
     work.mkdir(parents=True, exist_ok=True)
     sp = float(pp["spacing_mm"])
     # The fixed crop + jitter (the bbox mode uses the mask's box inside it; larger parts are cut).
     size = np.ceil((np.asarray(pp["extent_mm"]) + 2 * JITTER_MM + 2) / sp).astype(int)
     out = []
-    for cid in tqdm(ids, desc="labeller cache", leave=False):
+    for cid in tqdm(ids, desc="labeller cache" if masks is None else f"labeller cache ({masks.tag})", leave=False):
         if (work / f"{cid}.done").is_file():
             out += sorted(work.glob(f"{cid}__*.npz"))
             continue
         case = data.load_case(data_dir, cid, sp)
         cut = data.border_touching(case.labels)
-        for lab, c in case.centers.items():
+        owner, index, centers = case.labels, {lab: lab - 1 for lab in case.centers}, case.centers
+        if masks is not None:
+            drawn = masks(case)
+            owner, index, centers = drawn.owner, drawn.index, drawn.centers
+        for lab, c in centers.items():
             ct = crop_centered(case.iso, c, size, fill=AIR_HU)
-            m = crop_centered(case.labels, c, size, fill=0) == lab
+            m = crop_centered(owner, c, size, fill=0) == index[lab] + 1
             start = np.round(c).astype(int) - size // 2
             p = work / f"{cid}__{lab:02d}.npz"
             np.savez_compressed(p, ct=np.clip(ct, -32768, 32767).astype(np.int16), mask=np.packbits(m),
-                                shape=np.asarray(m.shape), label=lab, center=c - start, cut=lab in cut)
+                                shape=np.asarray(m.shape), label=lab, center=c - start, cut=lab in cut,
+                                origin=start, voxels=int(m.sum()))
             out.append(p)
         (work / f"{cid}.done").touch()
     return out
@@ -88,6 +96,7 @@ class Samples:
         self.items = [load_vert(p) for p in tqdm(files, desc="load", leave=False)]
         self.cut = [it[4] for it in self.items]  # None: cached before the flag existed
         self.pp = pp
+        self.chain = chain_facts(files, self.items)
 
     def labels(self) -> list[int]:
         return [it[2] for it in self.items]
@@ -107,6 +116,77 @@ class Samples:
                 if SCALE_P > 0 and rng.uniform() < SCALE_P:  # off: no draw, the shipped schedule's stream
                     return labeller_input(m, ct, c, zoomed(self.pp, rng))
         return labeller_input(m, ct, c, self.pp)
+
+
+def init_classes(args) -> list[int]:
+    """The output columns of a shipped labeller that --init starts from: a fine-tune keeps them all, also a
+    label its training masks lack (an L6 cut by the field of view that the segmenter dropped)."""
+    path = common.init_path(args)
+    if path is None or path.suffix != ".onnx" or not (path.parent / "manifest.json").is_file():
+        return []
+    from engine.models import load_manifest
+
+    spec = load_manifest(path.parent).get("labeller")
+    if spec is None or "fp32" not in spec.files or spec.path("fp32").resolve() != path.resolve():
+        return []
+    return [int(c) for c in spec.classes]
+
+
+def mask_source(args):
+    """``--masks-from MODELS``: the masks that folder's segmenter draws (training.cascade_masks); else None
+    (the ground truth)."""
+    folder = getattr(args, "masks_from", None)
+    if not folder:
+        return None
+    from training.cascade_masks import SegmenterMasks
+
+    try:
+        return SegmenterMasks(folder)
+    except (common.SpinertError, KeyError, OSError) as exc:
+        raise common.SpinertError(f"--masks-from {folder}: no usable segmenter ({exc})") from None
+
+
+def mask_record(masks) -> str:
+    if masks is None:
+        return "ground truth"
+    return (f"segmenter {masks.spec.path('fp32')} (sha256 {masks.spec.sha256['fp32'][:16]}), ground-truth centres "
+            f"moved {masks.offset_mm:g} mm in a random direction (training.cascade_masks)")
+
+
+def chain_facts(files: list[Path], items: list) -> list[tuple[str, np.ndarray, int]] | None:
+    """Per cached vertebra (case id, centre in the case's canonical grid, mask voxels): what the sequence
+    decoder needs to label a case's chain. None for caches written before the crop's origin was kept."""
+    out = []
+    for p, it in zip(files, items):
+        with np.load(p) as z:
+            if "origin" not in z:
+                return None
+            out.append((p.name.split("__")[0], np.asarray(z["origin"], dtype=np.float64) + it[3], int(z["voxels"])))
+    return out
+
+
+def chain_accuracy(probs: np.ndarray, labels: list[int], chain, cut, classes: list[int], spacing: float) -> dict:
+    """Labelling accuracy after the runtime's sequence decoding (engine.label.decode_labels) of each case's
+    chain of vertebrae, and the share of cases labelled entirely right. Single-vertebra accuracy did not
+    predict the cascade: session-10/11 fine-tunes gained it and lost labels in the cascade, because a short
+    chain is placed by its scores together and a bias of one level moves all of them."""
+    from engine.label import decode_labels
+
+    cases: dict[str, list[int]] = {}
+    for i, (cid, _, _) in enumerate(chain):
+        cases.setdefault(cid, []).append(i)
+    right, whole_cases = 0, 0
+    for idx in cases.values():
+        kji = np.stack([chain[i][1] for i in idx]) * spacing
+        # Canonical k runs inferior; the decoder sorts by LPS z (superior first): distances are unchanged.
+        lps = np.stack([kji[:, 2], kji[:, 1], -kji[:, 0]], axis=1)
+        got, _, _ = decode_labels(probs[idx], classes, lps, None, [chain[i][2] for i in idx],
+                                  [bool(cut[i]) for i in idx])
+        ok = got == np.asarray([labels[i] for i in idx])
+        right += int(ok.sum())
+        whole_cases += int(ok.all())
+    n = sum(len(v) for v in cases.values())
+    return {"chain_acc": right / max(1, n), "chain_cases": whole_cases / max(1, len(cases)), "n_chains": len(cases)}
 
 
 def zoomed(pp: dict, rng: np.random.Generator) -> dict:
@@ -148,14 +228,18 @@ def fov_cut(ct: np.ndarray, m: np.ndarray, c: np.ndarray, rng: np.random.Generat
 
 
 def evaluate(predict, samples: Samples, classes: list[int], batch: int = 16) -> dict:
-    """Single-vertebra top-1 accuracy (no sequence logic), plus +-1 level accuracy."""
+    """Single-vertebra top-1 accuracy (no sequence logic), plus +-1 level accuracy; with the chain facts of
+    the cache, also the accuracy after sequence decoding (``chain_accuracy``)."""
     col = {c: i for i, c in enumerate(classes)}
     keep = [i for i, lab in enumerate(samples.labels()) if lab in col]
     correct, near, n = 0, 0, 0
     whole_ok = [] if all(c is not None for c in samples.cut) else None
+    probs = np.zeros((len(samples.items), len(classes)))
     for s in range(0, len(keep), batch):
         idx = keep[s:s + batch]
         logits = predict(np.stack([samples.x(i) for i in idx]))
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs[idx] = e / e.sum(1, keepdims=True)
         pred = logits.argmax(1)
         for i, pcol in zip(idx, pred):
             y = col[samples.labels()[i]]
@@ -167,7 +251,16 @@ def evaluate(predict, samples: Samples, classes: list[int], batch: int = 16) -> 
     out = {"acc": correct / max(1, n), "acc_pm1": near / max(1, n), "n_val": n}
     if whole_ok is not None:  # vertebrae cut by the field of view are partial: reported apart as well
         out.update({"acc_whole": float(np.mean(whole_ok)) if whole_ok else None, "n_whole": len(whole_ok)})
+    if chain_ready(samples):  # over the vertebrae whose label the model has a column for
+        labels = samples.labels()
+        out.update(chain_accuracy(probs[keep], [labels[i] for i in keep], [samples.chain[i] for i in keep],
+                                  [samples.cut[i] for i in keep], classes, float(samples.pp["spacing_mm"])))
     return out
+
+
+def chain_ready(samples: Samples) -> bool:
+    """Whether the cache holds what ``chain_accuracy`` needs (caches of older versions do not)."""
+    return samples.chain is not None and all(c is not None for c in samples.cut)
 
 
 def train(args, log=print) -> dict:
@@ -190,10 +283,12 @@ def train(args, log=print) -> dict:
     tr_ids, va_ids = data.split_ids(ids, args.val_frac)
     work = Path(args.work)
     coarse_p = common.probability_arg(args, "coarse_p", COARSE_P)
-    tr = Samples(cache_vertebrae(Path(args.data), tr_ids, work / "cache", pp), pp, augment=not args.tiny,
+    masks = mask_source(args)
+    cache = work / ("cache" if masks is None else f"cache-{masks.tag}")
+    tr = Samples(cache_vertebrae(Path(args.data), tr_ids, cache, pp, masks), pp, augment=not args.tiny,
                  coarse_p=coarse_p)
-    va = Samples(cache_vertebrae(Path(args.data), va_ids, work / "cache", pp), pp)
-    classes = sorted(set(tr.labels()))
+    va = Samples(cache_vertebrae(Path(args.data), va_ids, cache, pp, masks), pp)
+    classes = sorted(set(tr.labels()) | set(init_classes(args)))
     if not classes:
         raise common.SpinertError(f"no labelled vertebrae in {args.data}")
     col = {c: i for i, c in enumerate(classes)}
@@ -225,9 +320,12 @@ def train(args, log=print) -> dict:
         opt.step()
         return float(loss.detach())
 
+    # Epochs are chosen by the labelling the cascade would get from them (see chain_accuracy).
+    key = "chain_acc" if chain_ready(va) else "acc"
     t0 = time.time()
     res = common.fit(model, opt, sched, step, lambda: evaluate(common.torch_predictor(model, device), va, classes),
-                     common.Schedule(epochs, steps, batch, lr), work / "ckpt", args.resume, key="acc", log=log)
+                     common.Schedule(epochs, steps, batch, lr), work / "ckpt", args.resume, key=key, log=log,
+                     validate_init=bool(getattr(args, "init", None)))
     common.load_ckpt(res["best_path"], model)
     model = model.cpu().eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va, classes)
@@ -241,7 +339,8 @@ def train(args, log=print) -> dict:
                                 "flip_i_p": FLIP_I_P, "mask_morph_p": MASK_MORPH_P, "scanner": "training.segmenter.AUGMENT",
                                 "zoom": {"p": SCALE_P, "factor": list(SCALE), "per_axis": SCALE_AXIS},
                                 "coarse_scanner": {"p": coarse_p, **COARSE_VOXEL}},
-                            "loss": "cross-entropy (label smoothing 0.05), class-balanced sampling"},
+                            "loss": "cross-entropy (label smoothing 0.05), class-balanced sampling",
+                            "masks": mask_record(masks), "selection": key},
                "device": str(device), "date": export.now_iso(), "wall_time_s": round(time.time() - t0, 1),
                "tiny": bool(args.tiny)}
     return ship(model, pp, classes, final, trained, Path(args.out), work, args.version)

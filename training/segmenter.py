@@ -266,7 +266,8 @@ def train(args, log=print) -> dict:
     t0 = time.time()
     res = common.fit(model, opt, sched, step, lambda: evaluate(common.torch_predictor(model, device), va_eval, pp),
                      common.Schedule(epochs, steps, batch, args.lr or 1e-3), work / "ckpt", args.resume,
-                     key="dice_mean", log=log)
+                     key="dice_mean", log=log,
+                     validate_init=bool(getattr(args, "init", None)))
     common.load_ckpt(res["best_path"], model)
     model = model.cpu().eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp,
