@@ -364,3 +364,19 @@ def test_anchored_sacrum_is_never_dropped():
     r = decode_sequence(S, ALL, C, SequenceParams(small_drop_logprior=0.0), volumes=np.r_[np.full(5, 40.0), 1.0],
                         cut=np.zeros(6, bool))  # a tiny sacrum mask: cheap to drop, but anchored
     assert r.labels == labs and r.dropped == []
+
+
+def test_a_slab_cut_by_the_field_of_view_does_not_anchor_the_chain():
+    """The real 30-slice abdomen crop (tssample-example-ct-sm) with a session-11 labeller: T11-L1 read right,
+    then a 5-slice slab of L2 at the scan's bottom face (1 % of the median volume) scoring the sacrum 0.62.
+    Anchored, it made the chain L3-L5 + S."""
+    labs = span("T11", "L1") + [IDS["L2"]]
+    S = onehot(labs, 0.6)
+    set_row(S, 3, {IDS["S"]: 0.62, IDS["L2"]: 0.05})
+    C = centres(labs)
+    cut = np.array([True, False, False, True])
+    r = decode_sequence(S, ALL, C, volumes=np.array([34.0, 39.0, 41.0, 0.4]), cut=cut)
+    assert r.labels[:3] == labs[:3]
+    # The same scores on a large mask anchor as before: a sacrum the field of view cuts is still a sacrum.
+    big = decode_sequence(S, ALL, C, volumes=np.array([34.0, 39.0, 41.0, 120.0]), cut=cut)
+    assert big.labels[-1] == IDS["S"]
