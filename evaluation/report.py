@@ -238,9 +238,10 @@ def report_paths(out: str | os.PathLike) -> dict[str, Path]:
     return {k: Path(out) / name for k, name in REPORT_FILES.items()}
 
 
-def check_report_targets(out: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
-    """Fail before any work when the report would overwrite files without ``overwrite``."""
-    paths = report_paths(out)
+def check_report_targets(out: str | os.PathLike, overwrite: bool = False,
+                         files: dict[str, str] = REPORT_FILES) -> dict[str, Path]:
+    """Fail before any work when the report (``files`` in ``out``) would overwrite files without ``overwrite``."""
+    paths = {k: Path(out) / name for k, name in files.items()}
     if Path(out).exists() and not Path(out).is_dir():
         raise OutputExistsError(f"{out} is a file, not a folder")
     existing = [str(p) for p in paths.values() if p.exists()]

@@ -129,3 +129,37 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     with pytest.raises(DatasetError, match="no GT case"):
         evaluate_folders(tmp_path / "gt", tmp_path / "pred", ids=["nope"], progress=False)
     assert list_cases(tmp_path / "gt", require=("msk", "ctd")) == ["a"]
+
+
+@needs_real
+def test_baseline_comparison_names_the_vertebrae_each_case_lost_or_gained(tmp_path, capsys):
+    pred = tmp_path / "pred"
+    big = read_case(REAL, BIG).labels
+    a = big.array.copy()
+    a[a == 22] = 0  # L3 not found
+    write_prediction(pred, BIG, Volume(a, big.spacing, big.origin, big.direction))
+    r0, r1 = tmp_path / "r0", tmp_path / "r1"
+    assert main(["evaluate", "--gt", str(REAL), "--pred", str(REAL), "--case", BIG, "--out", str(r0)]) == 0
+    assert main(["evaluate", "--gt", str(REAL), "--pred", str(pred), "--case", BIG, "--out", str(r1),
+                 "--baseline", str(r0)]) == 0
+    assert "| identification rate | 100.0 % | 87.5 % | -12.5 pt (worse) |" in capsys.readouterr().out
+    cmp = json.loads((r1 / "comparison.json").read_text())
+    assert cmp["cases_changed"] == [{"case": BIG, "vertebrae": 8, "identified_baseline": 8, "identified_current": 7,
+                                     "lost": ["L3"], "gained": []}]
+    rows = {r["metric"]: r for r in cmp["summary"]}
+    assert rows["missed"]["change"] == 1 and rows["missed"]["better"] is False
+    assert rows["Dice"]["better"] is False and "L3" in (r1 / "comparison.md").read_text()
+    # The other way round, the same vertebra is gained.
+    assert main(["evaluate", "--gt", str(REAL), "--pred", str(REAL), "--case", BIG, "--out", str(tmp_path / "r2"),
+                 "--baseline", str(r1 / "evaluation.json")]) == 0
+    back = json.loads((tmp_path / "r2" / "comparison.json").read_text())
+    assert back["cases_changed"][0]["gained"] == ["L3"] and back["cases_changed"][0]["lost"] == []
+    # A file that is no evaluation report: one line, and nothing evaluated or written.
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text('{"cases": []}')
+    for bad in (tmp_path / "bad.json", tmp_path / "none.json"):
+        assert main(["evaluate", "--gt", str(REAL), "--pred", str(pred), "--out", str(tmp_path / "r3"),
+                     "--baseline", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "baseline report" in err[0]
+    assert not (tmp_path / "r3").exists()
