@@ -25,9 +25,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from evaluation.report import check_report_targets, evaluate_folders, write_report
-
     from evaluation import compare
+    from evaluation.report import check_report_targets, evaluate_folders, write_report
 
     out = args.out or args.pred / "evaluation"
     # Fail before minutes of work, not after.

@@ -1,4 +1,4 @@
-"""The segmenter's own masks for training the labeller (`spinert train labeller --masks segmenter`).
+"""The segmenter's own masks for training the labeller (`spinert train labeller --masks-from MODELS`).
 
 At run time the labeller reads the segmenter's mask, never the ground truth. A labeller trained on
 ground-truth masks learns their style, and a better segmenter then costs labels: session 10's segmenter

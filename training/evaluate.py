@@ -42,7 +42,7 @@ def evaluate(args, log=print) -> dict:
         from training import labeller
 
         masks = labeller.mask_source(args)
-        cache = work / ("eval_cache" if masks is None else f"eval_cache-{masks.tag}")
+        cache = labeller.cache_folder(work / "eval_cache", masks)
         samples = labeller.Samples(labeller.cache_vertebrae(Path(args.evaluate), ids, cache, pp, masks), pp)
         res = labeller.evaluate(_ort(spec.path(prec)), samples, [int(c) for c in spec.classes])
         res["n_unknown_label"] = sum(1 for lab in samples.labels() if lab not in spec.classes)

@@ -82,9 +82,18 @@ def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict, masks=
 
 def load_vert(p: Path):
     """(CT int16 - kept so in RAM, mask, label, centre in the crop, cut-by-the-FOV flag) of one cached vertebra."""
-    z = np.load(p)
-    return (z["ct"], data.unpack_mask(z), int(z["label"]), np.asarray(z["center"], dtype=np.float64),
-            data.cut_flag(z))
+    return load_entry(p)[0]
+
+
+def load_entry(p: Path):
+    """``load_vert``'s tuple and the vertebra's chain facts: (case id, centre in the case's canonical grid,
+    mask voxels), None for caches written before the crop's origin was kept."""
+    with np.load(p) as z:
+        c = np.asarray(z["center"], dtype=np.float64)
+        item = (z["ct"], data.unpack_mask(z), int(z["label"]), c, data.cut_flag(z))
+        fact = (p.name.split("__")[0], np.asarray(z["origin"], dtype=np.float64) + c, int(z["voxels"])) \
+            if "origin" in z else None
+    return item, fact
 
 
 class Samples:
@@ -93,10 +102,13 @@ class Samples:
     def __init__(self, files: list[Path], pp: dict, augment: bool = True, coarse_p: float = COARSE_P):
         self.augment = augment
         self.coarse_p = coarse_p
-        self.items = [load_vert(p) for p in tqdm(files, desc="load", leave=False)]
+        entries = [load_entry(p) for p in tqdm(files, desc="load", leave=False)]
+        self.items = [it for it, _ in entries]
         self.cut = [it[4] for it in self.items]  # None: cached before the flag existed
         self.pp = pp
-        self.chain = chain_facts(files, self.items)
+        # What the sequence decoder needs per vertebra (chain_accuracy); None for older caches.
+        facts = [f for _, f in entries]
+        self.chain = facts if all(f is not None for f in facts) else None
 
     def labels(self) -> list[int]:
         return [it[2] for it in self.items]
@@ -146,23 +158,16 @@ def mask_source(args):
         raise common.SpinertError(f"--masks-from {folder}: no usable segmenter ({exc})") from None
 
 
+def cache_folder(base: Path, masks) -> Path:
+    """Where vertebrae with these masks are cached: one folder per mask source (``SegmenterMasks.tag``)."""
+    return base if masks is None else base.with_name(f"{base.name}-{masks.tag}")
+
+
 def mask_record(masks) -> str:
     if masks is None:
         return "ground truth"
     return (f"segmenter {masks.spec.path('fp32')} (sha256 {masks.spec.sha256['fp32'][:16]}), ground-truth centres "
             f"moved {masks.offset_mm:g} mm in a random direction (training.cascade_masks)")
-
-
-def chain_facts(files: list[Path], items: list) -> list[tuple[str, np.ndarray, int]] | None:
-    """Per cached vertebra (case id, centre in the case's canonical grid, mask voxels): what the sequence
-    decoder needs to label a case's chain. None for caches written before the crop's origin was kept."""
-    out = []
-    for p, it in zip(files, items):
-        with np.load(p) as z:
-            if "origin" not in z:
-                return None
-            out.append((p.name.split("__")[0], np.asarray(z["origin"], dtype=np.float64) + it[3], int(z["voxels"])))
-    return out
 
 
 def chain_accuracy(probs: np.ndarray, labels: list[int], chain, cut, classes: list[int], spacing: float) -> dict:
@@ -284,7 +289,7 @@ def train(args, log=print) -> dict:
     work = Path(args.work)
     coarse_p = common.probability_arg(args, "coarse_p", COARSE_P)
     masks = mask_source(args)
-    cache = work / ("cache" if masks is None else f"cache-{masks.tag}")
+    cache = cache_folder(work / "cache", masks)
     tr = Samples(cache_vertebrae(Path(args.data), tr_ids, cache, pp, masks), pp, augment=not args.tiny,
                  coarse_p=coarse_p)
     va = Samples(cache_vertebrae(Path(args.data), va_ids, cache, pp, masks), pp)
