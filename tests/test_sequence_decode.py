@@ -367,9 +367,9 @@ def test_anchored_sacrum_is_never_dropped():
 
 
 def test_a_slab_cut_by_the_field_of_view_does_not_anchor_the_chain():
-    """The real 30-slice abdomen crop (tssample-example-ct-sm) with a session-11 labeller: T11-L1 read right,
-    then a 5-slice slab of L2 at the scan's bottom face (1 % of the median volume) scoring the sacrum 0.62.
-    Anchored, it made the chain L3-L5 + S."""
+    """The pattern of the real 30-slice abdomen crop (tssample-example-ct-sm) with a session-11 labeller: three
+    whole vertebrae, then a 5-slice slab at the scan's bottom face (1 % of the median volume) scoring the
+    sacrum 0.62. Anchored, the slab moved the three vertebrae above it by three levels."""
     labs = span("T11", "L1") + [IDS["L2"]]
     S = onehot(labs, 0.6)
     set_row(S, 3, {IDS["S"]: 0.62, IDS["L2"]: 0.05})
