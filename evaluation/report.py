@@ -234,14 +234,14 @@ def evaluate_folders(gt: str | os.PathLike, pred: str | os.PathLike, ids: Sequen
     return report
 
 
-def report_paths(out: str | os.PathLike) -> dict[str, Path]:
-    return {k: Path(out) / name for k, name in REPORT_FILES.items()}
+def report_paths(out: str | os.PathLike, files: dict[str, str] = REPORT_FILES) -> dict[str, Path]:
+    return {k: Path(out) / name for k, name in files.items()}
 
 
 def check_report_targets(out: str | os.PathLike, overwrite: bool = False,
                          files: dict[str, str] = REPORT_FILES) -> dict[str, Path]:
     """Fail before any work when the report (``files`` in ``out``) would overwrite files without ``overwrite``."""
-    paths = {k: Path(out) / name for k, name in files.items()}
+    paths = report_paths(out, files)
     if Path(out).exists() and not Path(out).is_dir():
         raise OutputExistsError(f"{out} is a file, not a folder")
     existing = [str(p) for p in paths.values() if p.exists()]

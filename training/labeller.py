@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engine.label import decode_labels, softmax
 from engine.modelio import labeller_input
 from engine.preprocess import AIR_HU, crop_centered
 from training import common, data, export
@@ -175,8 +176,6 @@ def chain_accuracy(probs: np.ndarray, labels: list[int], chain, cut, classes: li
     chain of vertebrae, and the share of cases labelled entirely right. Single-vertebra accuracy did not
     predict the cascade: session-10/11 fine-tunes gained it and lost labels in the cascade, because a short
     chain is placed by its scores together and a bias of one level moves all of them."""
-    from engine.label import decode_labels
-
     cases: dict[str, list[int]] = {}
     for i, (cid, _, _) in enumerate(chain):
         cases.setdefault(cid, []).append(i)
@@ -243,8 +242,7 @@ def evaluate(predict, samples: Samples, classes: list[int], batch: int = 16) -> 
     for s in range(0, len(keep), batch):
         idx = keep[s:s + batch]
         logits = predict(np.stack([samples.x(i) for i in idx]))
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        probs[idx] = e / e.sum(1, keepdims=True)
+        probs[idx] = softmax(logits)
         pred = logits.argmax(1)
         for i, pcol in zip(idx, pred):
             y = col[samples.labels()[i]]
