@@ -44,10 +44,12 @@ class CalibInputs:
         return int(self.x.shape[0])
 
 
-def select_cases(folder: str | Path, max_cases: int) -> list[str]:
-    """Up to ``max_cases`` case ids spread evenly over the (sorted) cases of a VerSe-style folder."""
-    ids = list_cases(folder, require=("ct", "msk"))
-    if len(ids) <= max_cases:
+def select_cases(folder: str | Path, max_cases: int | None,
+                 require: tuple[str, ...] = ("ct", "msk")) -> list[str]:
+    """Up to ``max_cases`` (None: all) case ids spread evenly over the (sorted) cases of a VerSe-style
+    folder, each with the ``require``d files."""
+    ids = list_cases(folder, require=require)
+    if max_cases is None or len(ids) <= max_cases:
         return ids
     pick = np.unique(np.round(np.linspace(0, len(ids) - 1, max_cases)).astype(int))
     return [ids[i] for i in pick]

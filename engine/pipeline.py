@@ -25,6 +25,7 @@ from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
 from engine.fragments import border_fragments
+from engine.localise import CentreOffset, apply_offset
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
 from engine.segment import SegmentParams, discard, extend, interface, mask_threshold, merge, segment
@@ -52,6 +53,9 @@ class CascadeConfig:
     verify_models: bool = True  # sha256 of each model file against the manifest
     rebuild: bool = False  # TensorRT backends: rebuild a missing or stale engine instead of refusing it
     array_module: str = "numpy"  # "numpy" or "cupy" (pre/post-processing on the GPU)
+    # Move each mask centroid by the segmenter's fitted centre offset (engine.localise), when its
+    # manifest entry has one; off to measure the raw centroids (spinert calibrate-centres does).
+    centre_offset: bool = True
     # Input limits. Thick slices are refused: at > 3 mm the segmenter (trained on 1 mm voxels) sees
     # interpolated endplates and centres are quantised to +-1.5 mm along the spine, which is the size of
     # the whole localisation budget (2 mm MLE). Raise it knowingly to accept them (a warning is added).
@@ -180,8 +184,18 @@ class Cascade:
             self.close()
             raise
         self.backend = self.sessions["detector"].backend
+        self.centre_offset, self.offset_note = self._centre_offset()
         self.precision = self.config.precision
         self.device = self.sessions["detector"].device
+
+    def _centre_offset(self) -> tuple[CentreOffset | None, str]:
+        """The segmenter's fitted centre offset (None if off or absent) and why one was not applied."""
+        spec = self.specs["segmenter"]
+        off = CentreOffset.from_manifest(spec.raw) if self.config.centre_offset else None
+        if off is not None and off.segmenter_sha256 and off.segmenter_sha256 != spec.sha256.get("fp32"):
+            return None, ("the segmenter's centre offset was fitted on another segmenter file: centres are raw "
+                          "mask centroids (refit with spinert calibrate-centres)")
+        return off, ""
 
     # ---------------------------------------------------------------------------------------------- API
     def __enter__(self) -> "Cascade":
@@ -246,6 +260,10 @@ class Cascade:
         result = SpineResult(volume_id=vol.name, geometry=vol.geometry(), vertebrae=[], warnings=warnings,
                              timings_ms=clock.ms, backend=self.backend, precision=self.precision,
                              models=self.model_versions())
+        if self.offset_note:
+            warnings.append(self.offset_note)
+        # Which centres the robot gets: raw mask centroids (None) or moved by these mm (engine.localise).
+        result.info["centre_offset_mm"] = dict(self.centre_offset.mm) if self.centre_offset else None
         if not self.trained:
             warnings.append("models are untrained placeholders (manifest \"trained\": false): outputs are not meaningful")
         if self.precision == "int8" and self.backend == "onnxruntime":
@@ -439,7 +457,7 @@ class Cascade:
         on_input = masks_to_input(owner, to_numpy(seg.prob) if seg.prob is not None else None, canon, vol,
                                   mask_threshold(self.config.segment, self.specs["segmenter"].preprocess))
         objs = list(find_objects(on_input, max_label=m)) + [None] * m
-        centers_lps = canon.index_to_lps(seg.centers_kji)
+        centers_lps = apply_offset(canon.index_to_lps(seg.centers_kji), labs, self.centre_offset)
         out = []
         shape = np.asarray(owner.shape)
         for n in np.argsort(seg.centers_kji[:, 0], kind="stable"):  # top to bottom (canonical k: to the feet)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "bridge.cli",        # serve
     "export.cli",        # export
     "calibration.cli",   # calibrate
+    "calibration.centres_cli",  # calibrate-centres
     "bench.cli",         # bench
     "training.cli",      # train
     "phantom.cli",       # phantom

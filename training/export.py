@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from engine.models import sha256_file, write_manifest
+from engine.localise import CentreOffset
 
 OPSET = 17
 # Parity bounds (max abs error vs PyTorch fp32 on uniform random input). Outputs of the segmenter are
@@ -146,6 +147,9 @@ def card_text(name: str, title: str, entry: dict[str, Any], body: str) -> str:
                  json.dumps(entry["heldout"], indent=2), "```", ""]) if entry.get("heldout") else []),
              "## Export parity (max abs error vs PyTorch fp32, random input)", "", "```json",
              json.dumps(entry.get("parity", {}), indent=2), "```", ""]
+    offset = CentreOffset.from_manifest(entry)
+    if offset is not None:
+        lines += [offset.card_markdown()]
     return "\n".join(lines)
 
 
