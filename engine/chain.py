@@ -60,6 +60,10 @@ class ChainParams:
     # about one level down, so parts of a vertebra whose body is out of view can still be in it.
     end_reach: float = 0.75
     min_partial_mm3: float = 150.0  # smallest recovered mask (a vertebra cut by the field of view)
+    # Smallest mask kept for a loose piece at a face (engine.fragments): the piece already holds
+    # FragmentParams.min_mm3 of bone, and the segmenter draws a spinous tip short (87 of its 270 mm3 on
+    # a held-out phantom), so here the segmenter only confirms it.
+    min_piece_mm3: float = 50.0
     # One vertebra split in two (see the module docstring), all three must hold: centre distance below
     # ``split_ratio`` x the chain's median spacing (0 disables); shared mask surface (mm^2) above
     # ``split_interface`` x (smaller volume)^(2/3) (a cube's face is 1x); union volume below
@@ -76,8 +80,8 @@ class ChainParams:
             raise ValueError("min_neighbours must be >= 1, halves_k_mm and halves_j_mm >= 0")
         if self.recover_rounds < 1:
             raise ValueError("recover_rounds must be >= 1")
-        if self.min_partial_mm3 <= 0:
-            raise ValueError("min_partial_mm3 must be > 0")
+        if self.min_partial_mm3 <= 0 or self.min_piece_mm3 <= 0:
+            raise ValueError("min_partial_mm3 and min_piece_mm3 must be > 0")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
             raise ValueError("split_ratio must be >= 0, split_interface and split_max_volume > 0")
 

@@ -370,9 +370,11 @@ class Cascade:
             # vertebra the detector missed: its scores and centre count as any other's.
             side = beyond * (kind == 2)
             # Found vertebrae all passed min_volume_mm3 already: the smaller floor only admits new ones.
-            params = replace(cfg.segment, min_volume_mm3=min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
+            floor = np.where(kind == 2, min(cfg.segment.min_volume_mm3, cfg.chain.min_piece_mm3),
+                             min(cfg.segment.min_volume_mm3, cfg.chain.min_partial_mm3))
             more = extend(seg, self.sessions["segmenter"], iso, props, self.specs["segmenter"].preprocess,
-                          self.spacing, params, max_batch=cfg.max_batch.get("segmenter"), partial=partial)
+                          self.spacing, cfg.segment, max_batch=cfg.max_batch.get("segmenter"), partial=partial,
+                          min_mm3=floor)
             m0 = len(seg.voxels)
             if not more.recovered:
                 break

@@ -158,7 +158,7 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
 
 def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,
            params: SegmentParams | None = None, max_batch: int | None = None,
-           partial: Sequence[bool] | None = None) -> Segmentation:
+           partial: Sequence[bool] | None = None, min_mm3: Sequence[float] | None = None) -> Segmentation:
     """Segment more centres (e.g. where a vertebra was missed) into a finished Segmentation.
 
     Each new mask takes the unclaimed voxels above threshold and, where a found vertebra holds a voxel
@@ -176,6 +176,7 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     a thin slab of bone at the edge, the segmenter mostly segments the whole neighbour it was found
     from; such a proposal that lands on a found vertebra keeps the unclaimed voxels alone, when they
     lie nearer its centre than that vertebra's (the slab beyond the found end).
+    ``min_mm3`` (per proposal) replaces ``params.min_volume_mm3`` as the smallest mask kept.
     """
     p = params or SegmentParams()
     xp = get_xp(iso)
@@ -186,7 +187,8 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     owner = seg.owner.astype(xp.uint16) if m0 + e >= np.iinfo(seg.owner.dtype).max else seg.owner.copy()
     prob = seg.prob.copy() if seg.prob is not None else (seg.owner > 0).astype(xp.uint8) * xp.uint8(255)
     thr, r = mask_threshold(p, preprocess), int(preprocess["roi"])
-    min_vox = max(1.0, p.min_volume_mm3 / spacing ** 3)
+    floor = np.full(e, p.min_volume_mm3, dtype=np.float64) if min_mm3 is None else np.asarray(min_mm3, np.float64)
+    min_vox = np.maximum(1.0, floor / spacing ** 3)
     sizes = {j + 1: int(v) for j, v in enumerate(seg.voxels)}
     centers, voxels = seg.centers_kji.astype(np.float64).copy(), seg.voxels.astype(np.int64).copy()
     reclaimed: set[int] = set()
@@ -229,7 +231,7 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
             ow[back] = old[back]
         mask = ow == label
         cnt = int(mask.sum())
-        if cnt < min_vox:
+        if cnt < min_vox[i]:
             ow[...] = old  # found vertebrae get back what it took
             return
         reclaimed.update(_give_back(old, mask, lo, centers, voxels, sizes, xp))

@@ -112,6 +112,22 @@ def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
     np.testing.assert_array_equal(same.owner, owner_before)
 
 
+def test_extend_keeps_a_mask_only_above_its_proposals_own_floor(synth):
+    canon, sess, pp, full, order = _five_blocks(synth)
+    four = segment(sess, canon.array, np.delete(full.centers_kji[order], 2, axis=0), pp, 1.0)
+    o4 = np.argsort(four.centers_kji[:, 0])
+    guess = missed_centres(four.centers_kji, [(int(o4[1]), int(o4[2]), [0])])
+    got = extend(four, sess, canon.array, guess, pp, 1.0)
+    v = int(got.voxels[4])  # 1 mm voxels: mm3
+    assert extend(four, sess, canon.array, guess, pp, 1.0, min_mm3=[v + 1.0]).recovered == []
+    kept = extend(four, sess, canon.array, guess, pp, 1.0, min_mm3=[float(v)])
+    assert kept.recovered == [4] and int(kept.voxels[4]) == v
+    # the floor is per proposal: a second, impossible one does not change the first's
+    two = extend(four, sess, canon.array, np.concatenate([guess, four.centers_kji[:1] + 2.0]), pp, 1.0,
+                 min_mm3=[float(v), 1.0])
+    assert two.recovered == [4]
+
+
 def test_extend_reclaims_a_missed_vertebra_a_found_mask_swallowed(synth):
     from dataclasses import replace
 
