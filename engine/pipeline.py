@@ -219,6 +219,7 @@ class Cascade:
 
     def models_info(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
+                "centre_offset_mm": dict(self.centre_offset.mm) if self.centre_offset else None,
                 "models": {m: {"version": self.specs[m].version, "trained": self.specs[m].is_trained,
                                "sha256": self.specs[m].sha256.get(self.precision, ""),
                                "session": self.sessions[m].describe()} for m in self.sessions}}

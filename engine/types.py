@@ -55,6 +55,8 @@ class Vertebra:
 
     label: int  # VerSe ID
     name: str
+    # The whole vertebra's centroid as VerSe defines it: the mask's centroid, moved by the segmenter's
+    # fitted centre offset when it has one (engine.localise).
     center_lps: tuple[float, float, float]
     confidence: float
     # Mask cropped to its box, in input-voxel geometry: mask[k, j, i] covers

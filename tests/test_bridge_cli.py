@@ -11,6 +11,8 @@ import pytest
 
 from bridge.client import Client, Subscriber
 from bridge.keys import load_client_keys
+from engine.localise import CentreOffset
+from engine.models import load_manifest
 from spinert.paths import real_data_dir
 
 REAL = real_data_dir()
@@ -68,6 +70,9 @@ def test_serve_with_the_cascade_starts_reports_models_and_stops():
         with Client(rep, timeout_s=20) as c:
             info = c.models()["models"]
             assert "backend" in info and "trained" in info and set(info["models"]) == {"detector", "segmenter", "labeller"}
+            # the shipped segmenter carries a fitted centre offset: the robot can see which centres it gets
+            shipped = CentreOffset.from_manifest(load_manifest()["segmenter"].raw)
+            assert info["centre_offset_mm"] == (dict(shipped.mm) if shipped else None)
             assert c.health()["state"] == "ok"
     finally:
         rc, err = _stop(proc, signal.SIGTERM)
