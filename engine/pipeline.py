@@ -351,13 +351,20 @@ class Cascade:
         cfg = self.config
         found, n_found = None, 0
         end = np.zeros(len(seg.voxels), dtype=np.int64)  # -1 / +1: a part beyond the top / bottom end
+        fresh = np.ones(len(seg.voxels), dtype=bool)  # found in the last round (all, before the first)
         for r in range(cfg.chain.recover_rounds):
             props = [missed_centres(seg.centers_kji, info["missed"])]
             kind = [np.zeros(len(props[0]), np.int64)]  # 0: missed level, 1: beyond an end, 2: a loose piece
-            if cfg.chain.ends and r == 0:
-                props.append(end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach))
-                props.append(border_fragments(iso, seg.owner, seg.centers_kji, labs, self.spacing) if cfg.chain.fragments
-                             else np.zeros((0, 3)))
+            # Beyond an end whose vertebra was found in the last round, the next one may show too (C2
+            # found above C3, then C1 above it); beyond an end already looked past, nothing new would.
+            o = np.argsort(seg.centers_kji[:, 0], kind="stable")
+            sides = [s for s, i in ((-1, o[0]), (1, o[-1])) if fresh[i]] if len(o) else []
+            if cfg.chain.ends and sides:
+                mid = np.median(seg.centers_kji[:, 0])
+                for more_props in (end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach),
+                                   border_fragments(iso, seg.owner, seg.centers_kji, labs, self.spacing)
+                                   if cfg.chain.fragments else np.zeros((0, 3))):
+                    props.append(more_props[np.isin(np.where(more_props[:, 0] < mid, -1, 1), sides)])
                 kind += [np.ones(len(props[1]), np.int64), np.full(len(props[2]), 2)]
             props, kind = np.concatenate(props), np.concatenate(kind)
             if not len(props):
@@ -391,9 +398,11 @@ class Cascade:
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
             labs, conf, info = self._decode(more, probs, canon, iso.shape[0], end)
             n_found += len(more.recovered)
+            fresh = np.zeros(len(more.voxels), dtype=bool)
+            fresh[more.recovered] = True
             more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
             more, probs, labs, conf, keep = self._discard(more, probs, labs, conf, info)
-            end = end[keep]
+            end, fresh = end[keep], fresh[keep]
             seg, found = more, (more, probs, labs, conf, info)
         if found is None:
             return None

@@ -339,3 +339,25 @@ def test_loose_bone_at_the_top_face_becomes_the_level_above(cascade):
     # Recovery off (seed 000 as published): it stays unseen.
     with Cascade(backend="onnxruntime", models_dir=cascade.config.models_dir, recover=False) as c:
         assert len(c.run(vol).vertebrae) == len(res.vertebrae) - 1
+
+
+def test_two_levels_unseen_beyond_an_end_are_found_one_per_round(cascade):
+    # The top two blocks are a bone/air checkerboard: every cell of the detector's slices averages to soft
+    # tissue, so it sees none of them, while the segmenter draws their bone voxels. Round one finds the
+    # block next to the top end; with that block the new end, round two looks beyond it and finds the
+    # other (before, only round one looked beyond the ends: a C1 above a missed C2 stayed unseen).
+    vol = ps.make_ct(n_vert=6, spacing=(1.0, 1.0, 1.0))
+    a = vol.array
+    k, j, i = np.indices(a.shape)
+    for v in (4, 5):  # k grows to superior: the top two blocks
+        sl = slice(31 + v * 32 - 10, 31 + v * 32 + 11)
+        bone, even = a[sl] > 200, (k[sl] + j[sl] + i[sl]) % 2 == 0
+        a[sl][bone & ~even] = -1000.0
+        a[sl][bone & even] = 1000.0
+    res = cascade.run(vol)
+    assert res.info["candidates"] == 4 and res.info["recovered"] == 2, (res.info, res.warnings)
+    z = sorted((v.center_lps[2] for v in res.vertebrae), reverse=True)
+    np.testing.assert_allclose(z, [100.0 + 31 + v * 32 for v in range(5, -1, -1)], atol=1.5)
+    names = [v.name for v in res.vertebrae]
+    assert [CRANIOCAUDAL.index(IDS[n]) for n in names] == list(range(CRANIOCAUDAL.index(IDS[names[0]]),
+                                                                    CRANIOCAUDAL.index(IDS[names[0]]) + 6))
