@@ -214,5 +214,9 @@ def demo_cmd(args) -> int:
 
         mle = f"{np.mean(same):.2f} mm over {len(same)} vertebrae" if same else "n/a"
         console.print(f"localisation error (same label as ground truth): {mle}")
+    off = res.info.get("centre_offset_mm")
+    console.print("centres: mask centroids" + (" moved posteriorly by the segmenter's fitted offset (mm: " +
+                                               ", ".join(f"{k} {v:+.2f}" for k, v in off.items()) + ")"
+                                               if off else " (no centre offset)"))
     console.print(f"files: {written['mask'].parent}")
     return 0

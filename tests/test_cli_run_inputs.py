@@ -178,6 +178,7 @@ def test_demo_on_a_sample_with_ground_truth(models, tmp_path, capsys, monkeypatc
     rc, out, err = _run(["demo", "--models", str(models), "--out", str(tmp_path / "demo")], capsys)
     assert rc == 0, err
     assert "localisation error" in out and "0.00 mm over 3 vertebrae" in out
+    assert "centres: mask centroids (no centre offset)" in out  # the synthetic segmenter has none
     assert (tmp_path / "demo" / "sample_ctd.json").is_file()
 
 
