@@ -12,8 +12,9 @@ import numpy as np
 from engine import labels as L
 from engine.localise import CentreOffset, fit_offsets, posterior_axes
 from engine.verse import read_case
+from evaluation.metrics import ID_RADIUS_MM
 
-MATCH_MM = 20.0  # VerSe's identification radius: farther predictions are another vertebra, not an error
+MATCH_MM = ID_RADIUS_MM  # farther predictions are another vertebra, not an error to fit
 REPORT_FILES = {"json": "centre_offset.json", "png": "centre_offset.png"}
 
 

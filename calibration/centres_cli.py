@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from calibration.data import select_cases
     from engine.errors import InputError, ModelError
     from engine.localise import CentreOffset, replace_card_section
-    from engine.models import default_models_dir, load_manifest, read_manifest, write_manifest
+    from engine.models import default_models_dir, load_manifest, write_manifest
     from engine.pipeline import Cascade
     from evaluation.report import check_report_targets
 
@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     offset = fit(res, spec.sha256.get("fp32", ""), str(args.data), min_count=args.min_count)
     write_report(res, offset, paths, {"models": str(models), "dry_run": bool(args.dry_run)})
     if not args.dry_run:
-        entry = dict(read_manifest(models)["models"]["segmenter"])
-        entry["centre_offset"] = offset.to_manifest()
-        write_manifest(models, {"segmenter": entry})
+        write_manifest(models, {"segmenter": {**spec.raw, "centre_offset": offset.to_manifest()}})
         card = models / "segmenter.md"
         if card.is_file():
             card.write_text(replace_card_section(card.read_text(), offset.card_markdown(), offset.CARD_HEADING))
