@@ -54,7 +54,7 @@ def measure(cascade, folder: str | Path, case_ids: Sequence[str],
     """Run ``cascade`` (built with centre_offset=False: raw mask centroids) on each case and match."""
     if cascade.centre_offset is not None:
         raise ValueError("measure() needs raw centroids: build the Cascade with centre_offset=False")
-    res, axes, labs, cases = [], [], [], []
+    res, axes, labs, cases = [np.zeros((0, 3))], [np.zeros((0, 3))], [np.zeros(0, np.int64)], []
     for cid in case_ids:
         case = read_case(folder, cid, require=("ct", "ctd"), check=False)
         truth = {c.label: np.asarray(c.xyz, dtype=np.float64) for c in case.centroids}
@@ -68,9 +68,7 @@ def measure(cascade, folder: str | Path, case_ids: Sequence[str],
             cases += [cid] * len(lab)
         if progress:
             progress(cid)
-    cat = (lambda xs, w: np.concatenate(xs) if xs else np.zeros((0, w)))
-    return Residuals(cat(res, 3), cat(axes, 3), cat(labs, 0).astype(np.int64) if labs else np.zeros(0, np.int64),
-                     cases, len(case_ids))
+    return Residuals(np.concatenate(res), np.concatenate(axes), np.concatenate(labs), cases, len(case_ids))
 
 
 def fit(res: Residuals, segmenter_sha256: str, data: str, min_count: int = 8) -> CentreOffset:

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calibration.centres import REPORT_FILES, fit, measure, write_report
+    from calibration.centres import MATCH_MM, REPORT_FILES, fit, measure, write_report
     from calibration.cli import _bar
     from calibration.data import select_cases
     from engine.errors import InputError, ModelError
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     with Cascade(models_dir=str(models), threads=args.threads, centre_offset=False) as cascade, bar:
         res = measure(cascade, args.data, ids, progress=lambda _cid: bar.advance(task))
     if len(res.labels) == 0:
-        raise InputError(f"{args.data}: no prediction matched a same-label truth within 20 mm in "
+        raise InputError(f"{args.data}: no prediction matched a same-label truth within {MATCH_MM:g} mm in "
                          f"{len(ids)} case(s): nothing to fit")
     offset = fit(res, spec.sha256.get("fp32", ""), str(args.data), min_count=args.min_count)
     write_report(res, offset, paths, {"models": str(models), "dry_run": bool(args.dry_run)})

@@ -213,13 +213,18 @@ class Cascade:
     def trained(self) -> bool:
         return all(self.specs[m].is_trained for m in MODEL_NAMES)
 
+    @property
+    def centre_offset_mm(self) -> dict[str, float] | None:
+        """The centre offsets applied (mm per region), None for plain mask centroids."""
+        return dict(self.centre_offset.mm) if self.centre_offset else None
+
     def model_versions(self) -> dict[str, str]:
         return {m: f"{s.version or '?'}{'' if s.is_trained else ' (untrained)'} sha256:{s.sha256.get(self.precision, '')[:12]}"
                 for m, s in self.specs.items() if m in MODEL_NAMES}
 
     def models_info(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
-                "centre_offset_mm": dict(self.centre_offset.mm) if self.centre_offset else None,
+                "centre_offset_mm": self.centre_offset_mm,
                 "models": {m: {"version": self.specs[m].version, "trained": self.specs[m].is_trained,
                                "sha256": self.specs[m].sha256.get(self.precision, ""),
                                "session": self.sessions[m].describe()} for m in self.sessions}}
@@ -264,7 +269,7 @@ class Cascade:
         if self.offset_note:
             warnings.append(self.offset_note)
         # Which centres the robot gets: raw mask centroids (None) or moved by these mm (engine.localise).
-        result.info["centre_offset_mm"] = dict(self.centre_offset.mm) if self.centre_offset else None
+        result.info["centre_offset_mm"] = self.centre_offset_mm
         if not self.trained:
             warnings.append("models are untrained placeholders (manifest \"trained\": false): outputs are not meaningful")
         if self.precision == "int8" and self.backend == "onnxruntime":
