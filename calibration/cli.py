@@ -265,6 +265,9 @@ def _guard(args, specs_all, specs, candidates, tmp: Path, report_dir: Path, data
         for n, s in specs.items():
             os.replace(candidates[n], reg.rejected_path(s))
             kept.append(reg.rejected_path(s).name)
+            reg.register_refusal(s.root, n, {"reasons": res.reasons, "method": args.method, "cases": len(res.cases),
+                                             "data": str(args.guard), "report": str(paths["json"]),
+                                             "delta_vs_fp32": res.deltas()})
         raise GuardRefused(f"INT8 refused by the accuracy guard: {'; '.join(res.reasons)}; not registered, kept as "
                            f"{', '.join(kept)} (report {paths['md']}; --force registers it anyway)")
     if res.refused:

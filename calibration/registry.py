@@ -3,7 +3,7 @@
 ``<name>_int8.onnx`` sits beside the FP32/FP16 files; the model's manifest entry gets "int8" in files /
 sha256 / size_bytes (what engine.models reads, so Cascade(precision="int8") and `spinert export --precision
 int8` find it) and a "calibration" record. A model the accuracy guard refuses is kept as
-``<name>_int8.rejected.onnx`` and never registered. For the guard itself, a staging folder holds links to
+``<name>_int8.rejected.onnx`` and never registered; its entry records the refusal ("int8_refused"). For the guard itself, a staging folder holds links to
 the FP32/FP16 files and the candidate INT8 files with a manifest naming them, so the cascade runs the
 candidates without the real manifest being touched first.
 """
@@ -35,6 +35,18 @@ def register_int8(models_dir: str | Path, name: str, path: Path, record: dict[st
     for key, val in (("files", path.name), ("sha256", sha256_file(path)), ("size_bytes", path.stat().st_size)):
         entry[key] = {**dict(entry.get(key, {})), "int8": val}
     entry["calibration"] = record
+    entry.pop("int8_refused", None)
+    write_manifest(root, {name: entry})
+    return entry
+
+
+def register_refusal(models_dir: str | Path, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Record in ``name``'s manifest entry that the guard refused its INT8 file (``int8_refused``, tied to
+    the fp32 file's sha256): asked for INT8, the cascade then runs this model at FP16
+    (engine.models.run_precision) instead of failing for want of a file that must not ship."""
+    root = Path(models_dir)
+    entry = dict(read_manifest(root)["models"][name])
+    entry["int8_refused"] = {**record, "source_sha256": entry.get("sha256", {}).get("fp32", "")}
     write_manifest(root, {name: entry})
     return entry
 

@@ -107,7 +107,11 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
         return np.zeros(0, np.int64), np.zeros(0), {"warnings": [], "missed": [], "dropped": []}
     end = np.zeros(n, dtype=np.int64) if end is None else np.asarray(end, dtype=np.int64).reshape(-1)
     order = np.lexsort((-centers_lps[:, 2], end))  # top end, then highest first, then bottom end
-    seq = decode_sequence(probs[order], [int(c) for c in classes], centers_lps[order], partial=end[order] != 0,
+    # Levels are counted along the spine, in the sagittal plane: a centre's left-right place says nothing
+    # of its level, and a wide bone segmented from one side (a sacral ala) moves its centroid sideways by
+    # centimetres, which would read as a missed level. The gaps the decoder weighs ignore LPS x.
+    sagittal = centers_lps * np.array([0.0, 1.0, 1.0])
+    seq = decode_sequence(probs[order], [int(c) for c in classes], sagittal[order], partial=end[order] != 0,
                           volumes=None if volumes is None else np.asarray(volumes, dtype=np.float64)[order],
                           cut=None if cut is None else np.asarray(cut, dtype=bool)[order])
     labels = np.empty(n, dtype=np.int64)

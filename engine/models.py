@@ -75,6 +75,18 @@ class ModelSpec:
         return isinstance(self.trained, dict)
 
 
+def run_precision(spec: ModelSpec, precision: str) -> str:
+    """The precision ``spec`` runs at when ``precision`` is asked for the cascade: INT8 falls back to FP16
+    for a model whose INT8 file ``spinert calibrate --guard`` refused (``int8_refused`` recorded for this
+    very fp32 file: quantising it cost accuracy), as a TensorRT build keeps such layers in FP16. A model
+    never calibrated still fails to load at INT8, with an error that names ``spinert calibrate``."""
+    refused = (spec.raw.get("int8_refused") or {}).get("source_sha256")
+    if (precision == "int8" and "int8" not in spec.files and "fp16" in spec.files
+            and refused and refused == spec.sha256.get("fp32")):
+        return "fp16"
+    return precision
+
+
 def default_models_dir() -> Path:
     import spinert
 

@@ -26,7 +26,7 @@ from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
 from engine.fragments import border_fragments
 from engine.localise import CentreOffset, apply_offset
-from engine.models import MODEL_NAMES, ModelSpec, load_manifest
+from engine.models import MODEL_NAMES, ModelSpec, load_manifest, run_precision
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
 from engine.segment import SegmentParams, discard, extend, interface, mask_threshold, merge, segment
 from engine.types import SpineResult, Vertebra, Volume
@@ -175,9 +175,10 @@ class Cascade:
         from engine.backends import load_session
 
         self.sessions = {}
+        self.model_precisions = {m: run_precision(self.specs[m], self.config.precision) for m in MODEL_NAMES}
         try:
             for m in MODEL_NAMES:
-                self.sessions[m] = load_session(self.specs[m], self.config.backend, self.config.precision,
+                self.sessions[m] = load_session(self.specs[m], self.config.backend, self.model_precisions[m],
                                                 max_batch=self.config.max_batch.get(m), threads=self.config.threads,
                                                 verify=self.config.verify_models, rebuild=self.config.rebuild)
         except Exception:
@@ -219,14 +220,15 @@ class Cascade:
         return dict(self.centre_offset.mm) if self.centre_offset else None
 
     def model_versions(self) -> dict[str, str]:
-        return {m: f"{s.version or '?'}{'' if s.is_trained else ' (untrained)'} sha256:{s.sha256.get(self.precision, '')[:12]}"
+        return {m: f"{s.version or '?'}{'' if s.is_trained else ' (untrained)'} sha256:{s.sha256.get(self.model_precisions[m], '')[:12]}"
                 for m, s in self.specs.items() if m in MODEL_NAMES}
 
     def models_info(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
                 "centre_offset_mm": self.centre_offset_mm,
                 "models": {m: {"version": self.specs[m].version, "trained": self.specs[m].is_trained,
-                               "sha256": self.specs[m].sha256.get(self.precision, ""),
+                               "precision": self.model_precisions[m],
+                               "sha256": self.specs[m].sha256.get(self.model_precisions[m], ""),
                                "session": self.sessions[m].describe()} for m in self.sessions}}
 
     def run(self, source: Volume | str | os.PathLike, progress: Progress | None = None,
@@ -268,6 +270,10 @@ class Cascade:
                              models=self.model_versions())
         if self.offset_note:
             warnings.append(self.offset_note)
+        lower = [m for m, p in self.model_precisions.items() if p != self.precision]
+        if lower:
+            warnings.append(f"{', '.join(lower)} ran at {self.model_precisions[lower[0]]}: no {self.precision} file "
+                            f"(spinert calibrate's accuracy guard refused it)")
         # Which centres the robot gets: raw mask centroids (None) or moved by these mm (engine.localise).
         result.info["centre_offset_mm"] = self.centre_offset_mm
         if not self.trained:

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.errors import BackendError, ModelError, OutputExistsError
-    from engine.models import load_manifest
+    from engine.models import load_manifest, run_precision
     from export import flavour as fl
     from export.engines import check_engine, default_engine_dir
     from export.gpu import gpu_info
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise OutputExistsError(f"--out {out} is a file, not a folder")
 
     if args.check:
-        statuses = [check_engine(specs[n], args.precision, target, out) for n in names]
+        statuses = [check_engine(specs[n], run_precision(specs[n], args.precision), target, out) for n in names]
         for st in statuses:
             print(st.line())
         bad_n = sum(not s.fresh for s in statuses)
@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     for n in names:
         spec = specs[n]
         batch = batch_for(n, overrides)
-        st = check_engine(spec, args.precision, target, out)
+        prec = run_precision(spec, args.precision)  # the cascade loads this one (engine.models.run_precision)
+        if prec != args.precision:
+            print(f"  note    {n}: no {args.precision} file (refused by spinert calibrate's guard): {prec} engine")
+        st = check_engine(spec, prec, target, out)
         why = list(st.reasons)
         if st.fresh and st.manifest is not None:
             if st.manifest.profiles != profiles_for(n, spec.inputs, batch):
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         if st.path.is_file() and st.manifest is None and st.state != "missing" and not args.force:
             raise OutputExistsError(f"{st.path} exists without a spinert manifest; pass --force to replace it")
-        m = build_engine(spec, args.precision, f, out, batch, cc=cc, parity=not args.no_parity)
+        m = build_engine(spec, prec, f, out, batch, cc=cc, parity=not args.no_parity)
         n_built += 1
         parity = m.parity if isinstance(m.parity, str) else ", ".join(
             f"{k} max|d| {v['max_abs']:.3g}" for k, v in m.parity.items() if isinstance(v, dict))

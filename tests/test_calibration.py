@@ -33,7 +33,7 @@ import phantom
 import pipeline_synth as ps
 from calibration.cache import CalibCache
 from calibration.data import data_fingerprint
-from engine.models import MODEL_NAMES, load_manifest, read_manifest, sha256_file
+from engine.models import MODEL_NAMES, load_manifest, read_manifest, run_precision, sha256_file
 from engine.preprocess import volume_to_image
 from engine.types import Volume
 from engine.verse import centroids_from_labels, write_ctd
@@ -274,7 +274,14 @@ def test_guard_refusal_keeps_the_model_out_of_the_manifest_unless_forced(cal_dat
     assert "detector_int8.rejected.onnx" in err and "--force" in err
     for name in MODEL_NAMES:
         assert (models / f"{name}_int8.rejected.onnx").is_file() and not (models / f"{name}_int8.onnx").exists()
-    assert (models / "manifest.json").read_text() == manifest_before
+    # No INT8 file is registered; each entry only records the refusal, tied to its fp32 file, so that a
+    # cascade asked for INT8 runs these models at FP16 (engine.models.run_precision).
+    before, after = json.loads(manifest_before)["models"], read_manifest(models)["models"]
+    for name in MODEL_NAMES:
+        refusal = after[name].pop("int8_refused")
+        assert refusal["source_sha256"] == before[name]["sha256"]["fp32"] and refusal["reasons"]
+        assert after[name] == before[name]
+        assert run_precision(load_manifest(models)[name], "int8") == "fp16"
     assert not list(models.glob(".calibrate-*"))  # no scratch left behind
     with pytest.raises(ModelError, match="spinert calibrate"):
         load_session(load_manifest(models)["labeller"], "onnxruntime", "int8")
@@ -288,6 +295,8 @@ def test_guard_refusal_keeps_the_model_out_of_the_manifest_unless_forced(cal_dat
     for name in MODEL_NAMES:
         load_manifest(models)[name].verify("int8")
         assert read_manifest(models)["models"][name]["calibration"]["guard"]["verdict"] == "forced"
+        assert "int8_refused" not in read_manifest(models)["models"][name]
+        assert run_precision(load_manifest(models)[name], "int8") == "int8"
 
 
 # ----------------------------------------------------------------------------- a real network, default op set

@@ -90,6 +90,30 @@ def synth(tmp_path_factory):
     with Cascade(backend="onnxruntime", models_dir=str(models)) as c:
         yield c
 
+def test_a_centre_off_to_one_side_does_not_read_as_a_missed_level():
+    # The real abdomen CT (tssample-example-ct, T12-L5 + sacrum) as session 13's segmenter and the
+    # shipped labeller saw it: the labeller reads T12-L1 one level high, the sacrum's ROI was centred on
+    # one ala, so its centroid sits 33 mm to the left. Measured in 3-D, L5 -> S is 57 mm, over 1.4 x the
+    # expected step: "L5 missed" then beat the true chain and every label moved up one level.
+    labs = [IDS[n] for n in ("T12", "L1", "L2", "L3", "L4", "L5", "S")]
+    lps = np.array([[4, -106, 415], [6, -117, 385], [5, -127, 350], [4, -135, 315], [4, -137, 279],
+                    [1, -127, 245], [33, -92, 216]], dtype=float)
+    rows = [{19: 0.96, 20: 0.01}, {19: 0.95, 20: 0.01}, {20: 0.94, 19: 0.03}, {20: 0.76, 21: 0.2},
+            {21: 0.82, 22: 0.06, 23: 0.04}, {24: 0.88, 23: 0.03, 17: 0.02}, {26: 0.71, 20: 0.16, 23: 0.02}]
+    classes = list(range(1, 29))
+    probs = np.zeros((7, 28))
+    for r, row in enumerate(rows):
+        probs[r] = (1 - sum(row.values())) / (28 - len(row))
+        for lab, q in row.items():
+            probs[r, lab - 1] = q
+    got, _, info = decode_labels(probs, classes, lps)
+    assert got.tolist() == labs and info["missed"] == []
+    # The left-right place is all that is ignored: the sacrum moved as far down the spine is a gap.
+    far = lps.copy()
+    far[6] = [1, -92, 245 - 57]
+    assert decode_labels(probs, classes, far)[2]["missed"]
+
+
 
 def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
     canon, sess, pp, full, order = _five_blocks(synth)

@@ -211,6 +211,7 @@ def test_int8_without_a_calibrated_model_names_calibrate(tmp_path, capsys):
         for key in ("files", "sha256", "size_bytes"):
             entry.get(key, {}).pop("int8", None)
         entry.pop("calibration", None)
+        entry.pop("int8_refused", None)
     (models / "manifest.json").write_text(json.dumps(man))
     rc = main(["export", "--target", "rtx", "--precision", "int8", "--models", str(models), "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err
@@ -265,3 +266,17 @@ def test_tiny_retrain_makes_exactly_that_engine_stale(built, tmp_path, capsys):
     assert io["x"]["shape"][1:] == spec.inputs[0]["shape"][1:]
     assert io["logits"]["shape"] == [-1, *spec.outputs[0]["shape"][1:]]
     assert np.isfinite(_manifest(out, "labeller")["build_seconds"])
+
+
+def test_int8_export_uses_the_fp16_engine_of_a_model_whose_int8_was_refused(built, capsys):
+    # The shipped segmenter's INT8 file was refused by the calibration guard: asked for INT8, the cascade
+    # loads its FP16 engine (engine.models.run_precision), so that is the engine export checks and builds.
+    models, out = built
+    specs = load_manifest(models)
+    if "int8" in specs["segmenter"].files:
+        pytest.skip("the shipped segmenter has an accepted INT8 file")
+    rc = main(["export", "--check", "--target", "rtx", "--precision", "int8", "--models", str(models), "--out", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    seg = [ln for ln in lines if " segmenter " in f" {ln} "]
+    assert rc == 1 and len(seg) == 1 and "segmenter.fp16.rtx.engine" in seg[0] and not seg[0].startswith("missing")
+    assert any("labeller.int8.rtx.engine" in ln and ln.startswith("missing") for ln in lines)

@@ -7,9 +7,12 @@ import onnxruntime as ort
 import pytest
 
 from engine.errors import ModelError
-from engine.models import MODEL_NAMES, load_manifest, sha256_file
+from engine.cli import sample_paths
+from engine.models import MODEL_NAMES, load_manifest, run_precision, sha256_file
+from engine.pipeline import Cascade
 
 SHIPPED = load_manifest()
+SAMPLE = sample_paths()["ct"]
 
 
 def test_manifest_has_three_models_with_files():
@@ -63,18 +66,53 @@ def test_verify_detects_tampering_and_missing(tmp_path):
 
 
 def test_int8_of_a_replaced_fp32_model_is_refused(tmp_path):
-    src = SHIPPED["segmenter"].root
-    for f in ["manifest.json", "segmenter.onnx", "segmenter_fp16.onnx", "segmenter_int8.onnx"]:
+    src = SHIPPED["labeller"].root
+    for f in ["manifest.json", "labeller.onnx", "labeller_fp16.onnx", "labeller_int8.onnx"]:
         shutil.copyfile(src / f, tmp_path / f)
-    load_manifest(tmp_path)["segmenter"].verify("int8")  # calibrated from the shipped fp32 file
+    load_manifest(tmp_path)["labeller"].verify("int8")  # calibrated from the shipped fp32 file
     # A retrained fp32 file registered without recalibrating: its old INT8 file must not run.
     m = json.loads((tmp_path / "manifest.json").read_text())
-    with open(tmp_path / "segmenter.onnx", "ab") as f:
+    with open(tmp_path / "labeller.onnx", "ab") as f:
         f.write(b"\0")
-    m["models"]["segmenter"]["sha256"]["fp32"] = sha256_file(tmp_path / "segmenter.onnx")
+    m["models"]["labeller"]["sha256"]["fp32"] = sha256_file(tmp_path / "labeller.onnx")
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelError, match="calibrated from another fp32 model"):
-        load_manifest(tmp_path)["segmenter"].verify("int8")
+        load_manifest(tmp_path)["labeller"].verify("int8")
+
+
+def test_int8_falls_back_to_fp16_only_for_a_model_whose_int8_the_guard_refused(tmp_path):
+    # Session 13's segmenter lost 0.056 Dice at INT8, so the guard refused it (its entry says so): asked for
+    # INT8, the cascade runs it at FP16 and the others at INT8, and says so.
+    src = SHIPPED["segmenter"].root
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, tmp_path / f.name)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    seg = m["models"]["segmenter"]
+    if "int8" in seg["files"]:  # a later calibration was accepted: make this copy the refused case again
+        for key in ("files", "sha256", "size_bytes"):
+            seg[key].pop("int8", None)
+        seg["int8_refused"] = {"reasons": ["test"], "source_sha256": seg["sha256"]["fp32"]}
+        (tmp_path / "manifest.json").write_text(json.dumps(m))
+    specs = load_manifest(tmp_path)
+    lacking = [n for n in MODEL_NAMES if "int8" not in specs[n].files]
+    assert lacking == ["segmenter"] and run_precision(specs["segmenter"], "int8") == "fp16"
+    assert run_precision(specs["segmenter"], "fp32") == "fp32"
+    with Cascade(backend="onnxruntime", precision="int8", models_dir=str(tmp_path), threads=1) as c:
+        got = {n: c.sessions[n].precision for n in MODEL_NAMES}
+        info = c.models_info()["models"]
+        res = c.run(SAMPLE)
+    assert got == {"detector": "int8", "segmenter": "fp16", "labeller": "int8"}
+    assert all(info[n]["precision"] == got[n] and info[n]["sha256"] == specs[n].sha256[got[n]] for n in MODEL_NAMES)
+    assert any(w.startswith("segmenter ran at fp16") for w in res.warnings), res.warnings
+    # A refusal recorded for another fp32 file (retrained since), or none at all: INT8 is an error that
+    # names spinert calibrate, not a silent FP16.
+    seg = json.loads((tmp_path / "manifest.json").read_text())
+    seg["models"]["segmenter"]["int8_refused"]["source_sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(seg))
+    assert run_precision(load_manifest(tmp_path)["segmenter"], "int8") == "int8"
+    with pytest.raises(ModelError, match="spinert calibrate"):
+        Cascade(backend="onnxruntime", precision="int8", models_dir=str(tmp_path), threads=1)
 
 
 def test_load_manifest_errors(tmp_path):
