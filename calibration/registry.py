@@ -3,9 +3,9 @@
 ``<name>_int8.onnx`` sits beside the FP32/FP16 files; the model's manifest entry gets "int8" in files /
 sha256 / size_bytes (what engine.models reads, so Cascade(precision="int8") and `spinert export --precision
 int8` find it) and a "calibration" record. A model the accuracy guard refuses is kept as
-``<name>_int8.rejected.onnx`` and never registered; its entry records the refusal ("int8_refused"). For the guard itself, a staging folder holds links to
-the FP32/FP16 files and the candidate INT8 files with a manifest naming them, so the cascade runs the
-candidates without the real manifest being touched first.
+``<name>_int8.rejected.onnx`` and never registered; its entry records the refusal ("int8_refused"). For the
+guard itself, a staging folder holds links to the FP32/FP16 files and the candidate INT8 files with a
+manifest naming them, so the cascade runs the candidates without the real manifest being touched first.
 """
 from __future__ import annotations
 

@@ -220,7 +220,8 @@ class Cascade:
         return dict(self.centre_offset.mm) if self.centre_offset else None
 
     def model_versions(self) -> dict[str, str]:
-        return {m: f"{s.version or '?'}{'' if s.is_trained else ' (untrained)'} sha256:{s.sha256.get(self.model_precisions[m], '')[:12]}"
+        return {m: f"{s.version or '?'}{'' if s.is_trained else ' (untrained)'} "
+                   f"sha256:{s.sha256.get(self.model_precisions[m], '')[:12]}"
                 for m, s in self.specs.items() if m in MODEL_NAMES}
 
     def models_info(self) -> dict[str, Any]:
