@@ -69,9 +69,32 @@ def test_labeller_tiny_and_evaluate(data_dir, tmp_path, capsys):
     assert "'n_val': 6" in capsys.readouterr().out
 
 
-def test_detector_tiny(data_dir, tmp_path):
+def test_labeller_validates_on_a_folder_of_its_own(data_dir, tmp_path, capsys):
+    # --val-data: every case of --data trains, the other folder's cases validate (and are recorded).
+    val = tmp_path / "val"
+    val.mkdir()
+    for f in data_dir.glob("synth-01_*"):
+        (val / f.name.replace("synth-01", "val-01")).write_bytes(f.read_bytes())
+    out, _ = _train("labeller", data_dir, tmp_path, "--val-data", str(val))
+    trained = load_manifest(out)["labeller"].raw["trained"]
+    assert trained["cases_train"] == ["synth-00", "synth-01"] and trained["cases_val"] == ["val-01"]
+    assert trained["val_data"] == str(val)
+    capsys.readouterr()
+    # Validation ids that repeat training ones (caches are keyed by id), or no such folder: one line, exit 2.
+    for bad, needle in ((data_dir, "repeats 2 case id(s)"), (tmp_path / "nope", "--val-data folder not found")):
+        assert main(["train", "labeller", "--data", str(data_dir), "--val-data", str(bad), "--tiny",
+                     "--out", str(tmp_path / "m2"), "--work", str(tmp_path / "w2")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_detector_tiny(data_dir, tmp_path, capsys):
     out, work = _train("detector", data_dir, tmp_path)
     spec = _check_shipped(out, "detector")
+    capsys.readouterr()
+    # Held-out figures of the shipped ONNX file on a folder of sagittal slices (here the same cases).
+    assert main(["train", "detector", "--evaluate", str(data_dir), "--out", str(out), "--work", str(work)]) == 0
+    assert "map50" in capsys.readouterr().out.lower()
     assert spec.inputs[0]["name"] == "images" and spec.outputs[0]["name"] == "output0"
     assert spec.outputs[0]["shape"][:2] == ["N", 5]
     labels = list((work / "dataset" / "labels" / "train").glob("*.txt"))

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-frac", type=float, default=0.15, help="fraction of cases held out for validation")
+    p.add_argument("--val-data", metavar="DIR",
+                   help="validate on this VerSe-style folder's cases instead (new case ids; --data then all trains)")
     p.add_argument("--max-cases", type=int, help="use only the first N cases")
     p.add_argument("--tiny", action="store_true", help="a seconds-long schedule with tiny inputs (CI smoke test)")
     p.add_argument("--version", default="0.1.0")
@@ -109,6 +111,8 @@ def run(args) -> int:
     init_path(args)  # a missing --init file fails now, not after minutes of data caching
     if not Path(args.data).is_dir():
         raise SpinertError(f"data folder not found: {args.data}")
+    if args.val_data and not Path(args.val_data).is_dir():
+        raise SpinertError(f"--val-data folder not found: {args.val_data}")
     if args.model == "detector":
         from training import detector as mod
     elif args.model == "segmenter":

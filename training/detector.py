@@ -69,13 +69,13 @@ def slice_boxes(labels: np.ndarray, spacing: float) -> dict[int, list[tuple[int,
     return out
 
 
-def build_dataset(data_dir: Path, ids_by_split: dict[str, list[str]], root: Path, pp: dict,
-                  slice_step: int) -> Path:
-    """Write images/<split>/*.png + labels/<split>/*.txt + data.yaml; cached per case (a .done marker)."""
+def build_dataset(splits: dict[str, tuple[Path, list[str]]], root: Path, pp: dict, slice_step: int) -> Path:
+    """Write images/<split>/*.png + labels/<split>/*.txt + data.yaml for ``splits`` (split -> (folder, case
+    ids)); cached per case (a .done marker)."""
     import cv2
 
     size, sp = int(pp["imgsz"]), float(pp["spacing_mm"])
-    for split, ids in ids_by_split.items():
+    for split, (data_dir, ids) in splits.items():
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for cid in tqdm(ids, desc=f"detector slices ({split})", leave=False):
@@ -101,9 +101,9 @@ def build_dataset(data_dir: Path, ids_by_split: dict[str, list[str]], root: Path
                 (root / "labels" / split / f"{stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
             marker.touch()
     yaml = root / "data.yaml"
-    splits = {"train": "images/train", "val": "images/val"}
-    splits.update({s: f"images/{s}" for s in ids_by_split if s not in splits})
-    yaml.write_text(f"path: {root.resolve()}\n" + "".join(f"{k}: {v}\n" for k, v in splits.items())
+    images = {"train": "images/train", "val": "images/val"}
+    images.update({s: f"images/{s}" for s in splits if s not in images})
+    yaml.write_text(f"path: {root.resolve()}\n" + "".join(f"{k}: {v}\n" for k, v in images.items())
                     + "names:\n  0: vertebra\n")
     return yaml
 
@@ -122,12 +122,11 @@ def train(args, log=print) -> dict:
     batch = args.batch or (4 if args.tiny else 16)
     step = args.slice_step or (8 if args.tiny else 2)
     arch = args.arch or "yolo11n.yaml"
-    ids = data.list_cases(args.data)
-    if args.max_cases:
-        ids = ids[: args.max_cases]
-    tr_ids, va_ids = data.split_ids(ids, args.val_frac)
+    split = data.training_split(args)
+    tr_ids, va_ids = split.train, split.val
     work = Path(args.work)
-    yaml = build_dataset(Path(args.data), {"train": tr_ids, "val": va_ids}, work / "dataset", pp, step)
+    yaml = build_dataset({"train": (split.train_dir, tr_ids), "val": (split.val_dir, va_ids)}, work / "dataset", pp,
+                         step)
     n_img = {s: len(list((work / "dataset" / "images" / s).glob("*.png"))) for s in ("train", "val")}
     log(f"detector: {arch}, imgsz {pp['imgsz']}, {n_img['train']} train / {n_img['val']} val slices "
         f"(every {step} mm), {epochs} epochs, batch {batch} on {device}")
@@ -161,7 +160,8 @@ def train(args, log=print) -> dict:
     metrics = {"mAP50": float(m.box.map50), "mAP50_95": float(m.box.map), "precision": float(m.box.mp),
                "recall": float(m.box.mr), "n_val_slices": n_img["val"]}
     log(f"detector final (best epoch, val slices): {metrics}")
-    trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
+    trained = {"data": str(args.data), "val_data": str(split.val_dir), "cases_train": tr_ids, "cases_val": va_ids,
+               "seed": args.seed,
                "schedule": {"arch": arch, "init": common.init_label(args), "epochs": epochs, "batch": batch,
                             "imgsz": pp["imgsz"],
                             "slice_step_mm": step, "optimizer": "ultralytics auto", "cos_lr": True,

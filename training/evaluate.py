@@ -53,7 +53,7 @@ def evaluate(args, log=print) -> dict:
         from ultralytics import YOLO
 
         step = args.slice_step or 2
-        yaml = detector.build_dataset(Path(args.evaluate), {"val": ids}, work / "eval_dataset", pp, step)
+        yaml = detector.build_dataset({"val": (Path(args.evaluate), ids)}, work / "eval_dataset", pp, step)
         m = YOLO(str(spec.path(prec)), task="detect").val(data=str(yaml), split="val", imgsz=int(pp["imgsz"]),
                                                            batch=1, device="cpu", plots=False, verbose=False,
                                                            single_cls=True, workers=0, rect=False)

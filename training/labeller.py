@@ -280,17 +280,15 @@ def train(args, log=print) -> dict:
     widths = [int(w) for w in args.widths.split(",")] if args.widths else ([4, 8, 8, 16] if args.tiny else [16, 32, 48, 64])
     epochs = args.epochs or (1 if args.tiny else 30)
     batch = args.batch or (4 if args.tiny else 16)
-    ids = data.list_cases(args.data)
-    if args.max_cases:
-        ids = ids[: args.max_cases]
-    tr_ids, va_ids = data.split_ids(ids, args.val_frac)
+    split = data.training_split(args)
+    tr_ids, va_ids = split.train, split.val
     work = Path(args.work)
     coarse_p = common.probability_arg(args, "coarse_p", COARSE_P)
     masks = mask_source(args)
     cache = cache_folder(work / "cache", masks)
-    tr = Samples(cache_vertebrae(Path(args.data), tr_ids, cache, pp, masks), pp, augment=not args.tiny,
+    tr = Samples(cache_vertebrae(split.train_dir, tr_ids, cache, pp, masks), pp, augment=not args.tiny,
                  coarse_p=coarse_p)
-    va = Samples(cache_vertebrae(Path(args.data), va_ids, cache, pp, masks), pp)
+    va = Samples(cache_vertebrae(split.val_dir, va_ids, cache, pp, masks), pp)
     classes = sorted(set(tr.labels()) | set(init_classes(args)))
     if not classes:
         raise common.SpinertError(f"no labelled vertebrae in {args.data}")
@@ -333,7 +331,8 @@ def train(args, log=print) -> dict:
     model = model.cpu().eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va, classes)
     log(f"labeller final (best epoch): {final}")
-    trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
+    trained = {"data": str(args.data), "val_data": str(split.val_dir), "cases_train": tr_ids, "cases_val": va_ids,
+               "seed": args.seed,
                "schedule": {"init": common.init_label(args), "epochs": epochs,
                             "steps_per_epoch": steps, "batch": batch, "optimizer": "AdamW",
                             "lr": lr, "lr_schedule": "cosine to 5%", "jitter_mm": JITTER_MM,

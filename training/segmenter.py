@@ -211,13 +211,11 @@ def train(args, log=print) -> dict:
     batch = args.batch or (1 if args.tiny else 2)
     margin = int(np.ceil(MAX_OFFSET_MM / pp["spacing_mm"])) + 1
     spread = {k: common.probability_arg(args, k, v) for k, v in REAL_SPREAD.items()}
-    ids = data.list_cases(args.data)
-    if args.max_cases:
-        ids = ids[: args.max_cases]
-    tr_ids, va_ids = data.split_ids(ids, args.val_frac)
+    split = data.training_split(args)
+    tr_ids, va_ids = split.train, split.val
     work = Path(args.work)
-    tr_files = cache_rois(Path(args.data), tr_ids, work / "cache", pp, margin)
-    va_files = [p for p in cache_rois(Path(args.data), va_ids, work / "cache", pp, margin)]
+    tr_files = cache_rois(split.train_dir, tr_ids, work / "cache", pp, margin)
+    va_files = cache_rois(split.val_dir, va_ids, work / "cache", pp, margin)
     if not tr_files:
         raise common.SpinertError(f"no labelled vertebrae in {args.data}")
     n_val = args.val_rois or (2 if args.tiny else 48)
@@ -280,7 +278,8 @@ def train(args, log=print) -> dict:
                   "augment": None if args.tiny else AUGMENT, "sampling": sampling,
                   "cut_rois": len(cut_files),
                   "real_spread": {**spread, "density": density.DENSITY, "coarse_voxel": lowres.COARSE_VOXEL}, "loss": "BCE(pos_weight=1.5) + soft Dice"}
-    trained = {"data": str(args.data), "cases_train": tr_ids, "cases_val": va_ids, "seed": args.seed,
+    trained = {"data": str(args.data), "val_data": str(split.val_dir), "cases_train": tr_ids, "cases_val": va_ids,
+               "seed": args.seed,
                "schedule": sched_info, "device": str(device), "date": export.now_iso(),
                "wall_time_s": round(time.time() - t0, 1), "tiny": bool(args.tiny)}
     return ship(model, pp, widths, final, trained, Path(args.out), work, args.version)
