@@ -88,6 +88,30 @@ def test_labeller_validates_on_a_folder_of_its_own(data_dir, tmp_path, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1
 
 
+def test_labeller_init_refuses_a_label_its_head_lacks(data_dir, tmp_path, capsys):
+    # Session 13: one generator-4 case held a T13 (VerSe 28), a class the shipped labeller's head lacks;
+    # the fine-tune failed on a weight-shape mismatch that pointed at --widths. Now one line names the label.
+    import numpy as np
+    import SimpleITK as sitk
+
+    t13 = tmp_path / "t13"
+    t13.mkdir()
+    for f in data_dir.glob("synth-00_*"):
+        (t13 / f.name).write_bytes(f.read_bytes())
+    msk = next(t13.glob("*_seg-vert_msk.nii.gz"))
+    img = sitk.ReadImage(str(msk))
+    arr = sitk.GetArrayFromImage(img)
+    arr[arr == arr.max()] = 28
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(msk))
+    shipped = Path(load_manifest()["labeller"].path("fp32"))
+    assert main(["train", "labeller", "--data", str(t13), "--init", str(shipped), "--tiny", "--out",
+                 str(tmp_path / "m"), "--work", str(tmp_path / "w")]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("spinert train:")]
+    assert len(errors) == 1 and "add 28" in errors[0]  # above it only the caches' progress bars
+
+
 def test_detector_tiny(data_dir, tmp_path, capsys):
     out, work = _train("detector", data_dir, tmp_path)
     spec = _check_shipped(out, "detector")
