@@ -292,8 +292,9 @@ def train(args, log=print) -> dict:
     init_cols = init_classes(args)
     extra = sorted(set(tr.labels()) - set(init_cols)) if init_cols else []
     if extra:  # the head's rows are the file's classes: a new one has no weights to start from
-        raise common.SpinertError(f"--init {args.init} scores VerSe labels {init_cols[0]}-{init_cols[-1]}; the training "
-                                  f"cases add {', '.join(map(str, extra))}: leave those cases out or train from scratch")
+        raise common.SpinertError(f"--init {args.init} scores VerSe labels {init_cols[0]}-{init_cols[-1]}; the "
+                                  f"training cases add {', '.join(map(str, extra))}: leave those cases out or train "
+                                  f"from scratch")
     classes = sorted(set(tr.labels()) | set(init_cols))
     if not classes:
         raise common.SpinertError(f"no labelled vertebrae in {args.data}")
