@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file, not a folder")
 
+    # The precision the cascade loads each model at (engine.models.run_precision): FP16 for a refused INT8.
+    precs = {n: run_precision(specs[n], args.precision) for n in names}
     if args.check:
-        statuses = [check_engine(specs[n], run_precision(specs[n], args.precision), target, out) for n in names]
+        statuses = [check_engine(specs[n], precs[n], target, out) for n in names]
         for st in statuses:
             print(st.line())
         bad_n = sum(not s.fresh for s in statuses)
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     for n in names:
         spec = specs[n]
         batch = batch_for(n, overrides)
-        prec = run_precision(spec, args.precision)  # the cascade loads this one (engine.models.run_precision)
+        prec = precs[n]
         if prec != args.precision:
             print(f"  note    {n}: no {args.precision} file (refused by spinert calibrate's guard): {prec} engine")
         st = check_engine(spec, prec, target, out)
