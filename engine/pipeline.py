@@ -309,6 +309,7 @@ class Cascade:
         if seg.dropped:
             warnings.append(f"{len(seg.dropped)} detected centre(s) gave no usable mask and were dropped")
         result.info["merged_duplicates"] = len(seg.merged)
+        result.info["recentred"] = len(seg.recentred)
         result.info["split_merged"] = n_split
         if seg.voxels.size == 0:
             warnings.append("no spine found (no vertebra could be segmented)")

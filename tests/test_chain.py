@@ -115,6 +115,28 @@ def test_a_centre_off_to_one_side_does_not_read_as_a_missed_level():
 
 
 
+def test_an_off_centre_roi_runs_again_on_its_mask_in_the_sagittal_plane(synth):
+    from engine.segment import SegmentParams
+
+    canon, sess, pp, full, order = _five_blocks(synth)
+    mid = int(order[2])
+    # 30 mm behind the block: the synthetic segmenter's reach (37 mm) cuts off the block's far side.
+    off = full.centers_kji.copy()
+    off[mid, 1] += 30.0
+    cut = segment(sess, canon.array, off, pp, 1.0, SegmentParams(recentre_mm=0.0))
+    assert cut.recentred == [] and cut.voxels[mid] < 0.9 * full.voxels[mid]
+    again = segment(sess, canon.array, off, pp, 1.0)
+    assert again.recentred == [mid]
+    a, b = again.owner == mid + 1, full.owner == mid + 1
+    assert 2 * np.sum(a & b) / (a.sum() + b.sum()) > 0.995  # the block's own ROI, to a voxel or so
+    np.testing.assert_array_equal(np.delete(again.voxels, mid), np.delete(full.voxels, mid))
+    # Beside the block, the mask's pull is ignored: a lopsided mask (a sacrum by one ala) would walk
+    # the ROI further out.
+    side = full.centers_kji.copy()
+    side[mid, 2] += 30.0
+    assert segment(sess, canon.array, side, pp, 1.0).recentred == []
+
+
 def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
     canon, sess, pp, full, order = _five_blocks(synth)
     assert len(full.voxels) == 5
