@@ -115,7 +115,7 @@ def test_a_centre_off_to_one_side_does_not_read_as_a_missed_level():
 
 
 
-def test_an_off_centre_roi_runs_again_on_its_mask_in_the_sagittal_plane(synth):
+def test_an_off_centre_roi_runs_again_on_its_mask_and_the_spines_midline(synth):
     from engine.segment import SegmentParams
 
     canon, sess, pp, full, order = _five_blocks(synth)
@@ -130,11 +130,31 @@ def test_an_off_centre_roi_runs_again_on_its_mask_in_the_sagittal_plane(synth):
     a, b = again.owner == mid + 1, full.owner == mid + 1
     assert 2 * np.sum(a & b) / (a.sum() + b.sum()) > 0.995  # the block's own ROI, to a voxel or so
     np.testing.assert_array_equal(np.delete(again.voxels, mid), np.delete(full.voxels, mid))
-    # Beside the block, the mask's pull is ignored: a lopsided mask (a sacrum by one ala) would walk
-    # the ROI further out.
+    # Sideways the ROI goes to its neighbours' midline, not to its own mask: 30 mm beside the block, it
+    # comes back onto the block although the cut mask's centroid still leans out.
     side = full.centers_kji.copy()
     side[mid, 2] += 30.0
-    assert segment(sess, canon.array, side, pp, 1.0).recentred == []
+    cut = segment(sess, canon.array, side, pp, 1.0, SegmentParams(recentre_mm=0.0))
+    assert cut.voxels[mid] < 0.9 * full.voxels[mid] and cut.centers_kji[mid, 2] > full.centers_kji[mid, 2] + 3
+    back = segment(sess, canon.array, side, pp, 1.0)
+    assert back.recentred == [mid]
+    a = back.owner == mid + 1
+    assert 2 * np.sum(a & b) / (a.sum() + b.sum()) > 0.995
+    # With no neighbours to say where the midline is, the ROI keeps its left-right place.
+    assert segment(sess, canon.array, side[[mid]], pp, 1.0).recentred == []
+
+
+def test_the_midline_is_the_neighbours_median_not_the_masks_own():
+    from engine.segment import _midline
+
+    # Five masks down the spine (canonical k, j, i); the middle one lopsided 36 mm to one side.
+    ctr = np.array([[10, 0, 50], [40, 0, 52], [70, 0, 90], [100, 0, 54], [130, 0, 56]], dtype=float)
+    got = _midline(ctr, np.ones(5, bool), np.zeros(5), 4)
+    np.testing.assert_allclose(got, [55, 55, 53, 54, 53])  # the outlier moves no one else's
+    # An empty mask neither gets a target nor votes; under three masks, nothing is known.
+    ok = np.array([1, 1, 0, 1, 1], bool)
+    np.testing.assert_allclose(_midline(ctr, ok, np.full(5, -1.0), 4), [54, 54, -1, 52, 52])
+    np.testing.assert_allclose(_midline(ctr[:2], np.ones(2, bool), np.array([7.0, 8.0]), 4), [7, 8])
 
 
 def test_extend_finds_a_withheld_block_and_refuses_a_found_one(synth):
