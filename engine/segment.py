@@ -161,7 +161,10 @@ def segment(session, iso, centers_kji: np.ndarray, preprocess: dict[str, Any], s
 
     _run_rois(session, iso, centers, preprocess, max_batch, paste, progress)
     moved = _recentre(session, iso, owner, best, centers, preprocess, max_batch, paste, sizes, p, spacing)
-    return replace(_finish(owner, best, thr, n, np.arange(n), merged, p, spacing, xp), recentred=moved)
+    # With nothing re-run, _recentre's largest-component pass left the masks as _finish would.
+    seg = _finish(owner, best, thr, n, np.arange(n), merged, p, spacing, xp,
+                  components_done=p.recentre_mm > 0 and not moved)
+    return replace(seg, recentred=moved)
 
 
 def _midline(ctr: np.ndarray, ok: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
@@ -187,8 +190,8 @@ def _recentre(session, iso, owner, best, centers: np.ndarray, preprocess: dict[s
     (``SegmentParams.recentre_mm``); the old mask is cleared first, so the new one is pasted like any
     other. Returns their indices.
 
-    On 22 held-out phantoms (session 14) 4 of 10 missed vertebrae were found: an off-centre ROI segments
-    part of its neighbour, whose own mask then absorbs it.
+    On 22 held-out phantoms (session 14) 4 of 10 missed vertebrae were found; likely because an
+    off-centre ROI segments part of a neighbour, whose own mask then takes it.
     """
     if p.recentre_mm <= 0:
         return []
@@ -457,12 +460,11 @@ def mask_threshold(p: SegmentParams, preprocess: dict[str, Any]) -> float:
 
 
 def _finish(owner, best, thr: float, m: int, source: np.ndarray, merged: list[int],
-            p: SegmentParams, spacing: float, xp) -> Segmentation:
+            p: SegmentParams, spacing: float, xp, components_done: bool = False) -> Segmentation:
     """Largest components, size filter and renumbering of labels 1..m into a Segmentation; ``best``
     (max probability, float) becomes its uint8 ``prob`` map."""
-    boxes = _find_boxes(owner, m)
-    if p.largest_component:
-        _keep_largest(owner, boxes, xp)
+    if p.largest_component and not components_done:
+        _keep_largest(owner, _find_boxes(owner, m), xp)
     cnt, ctr = _stats(owner, m, xp)
     ok = cnt >= max(1.0, p.min_volume_mm3 / spacing ** 3)
     gone = set(merged)
