@@ -27,6 +27,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="TensorRT backends: rebuild a missing or stale engine instead of refusing it")
     p.add_argument("--no-recover", action="store_true",
                    help="do not segment the levels the label sequence says were missed (seed 000 as published)")
+    p.add_argument("--no-ribs", action="store_true",
+                   help="label without the rib cue (which vertebrae carry ribs, engine.ribs)")
     p.add_argument("--raw-centres", action="store_true",
                    help="centres are the plain mask centroids, without the segmenter's fitted centre offset")
 
@@ -58,6 +60,7 @@ def _cascade(args):
     kw = {"all_slices": args.all_slices or None, "stride": args.stride, "threads": args.threads,
           "max_spacing_mm": args.max_spacing, "rebuild": args.rebuild,
           "recover": False if getattr(args, "no_recover", False) else None,
+          "rib_cue": False if getattr(args, "no_ribs", False) else None,
           "centre_offset": False if getattr(args, "raw_centres", False) else None}
     if args.stride < 1:
         raise InputError(f"--stride must be >= 1, got {args.stride}")

@@ -86,7 +86,7 @@ def classify(session, owner, iso, centers_kji, boxes, pp: dict, spacing: float, 
 
 
 def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
-                  volumes=None, cut=None) -> tuple[np.ndarray, np.ndarray, dict]:
+                  volumes=None, cut=None, ribs=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Labels + confidences of vertebrae from their labeller probabilities and centres (engine.sequence).
 
     The chain model needs the candidates top to bottom; they are sorted by height here (LPS +Z is
@@ -95,7 +95,8 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
     top / bottom end (it goes first / last whatever its centroid's height: a spinous tip hanging from
     the vertebra above can sit below the first body), 0 for the others. ``volumes``: (N,) mask volumes
     and ``cut``: (N,) whether the field of view cuts each (a small one it does not cut may be decoded
-    as no vertebra: label 0, listed in info["dropped"]).
+    as no vertebra: label 0, listed in info["dropped"]). ``ribs``: (N,) int, the rib cue of each
+    (engine.ribs.rib_evidence: 1 a rib seen, 0 none where one would show, -1 unknown).
     """
     from engine import labels as L
     from engine.sequence import decode_sequence
@@ -113,7 +114,8 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
     sagittal = centers_lps * np.array([0.0, 1.0, 1.0])
     seq = decode_sequence(probs[order], [int(c) for c in classes], sagittal[order], partial=end[order] != 0,
                           volumes=None if volumes is None else np.asarray(volumes, dtype=np.float64)[order],
-                          cut=None if cut is None else np.asarray(cut, dtype=bool)[order])
+                          cut=None if cut is None else np.asarray(cut, dtype=bool)[order],
+                          ribs=None if ribs is None else np.asarray(ribs, dtype=np.int64)[order])
     labels = np.empty(n, dtype=np.int64)
     conf = np.empty(n, dtype=np.float64)
     labels[order] = seq.labels

@@ -28,6 +28,7 @@ from engine.fragments import border_fragments
 from engine.localise import CentreOffset, apply_offset
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest, run_precision
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
+from engine.ribs import RIBS, RibParams, rib_evidence
 from engine.segment import SegmentParams, discard, extend, interface, mask_threshold, merge, segment
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
@@ -48,6 +49,7 @@ class CascadeConfig:
     cluster: ClusterParams = field(default_factory=ClusterParams)
     segment: SegmentParams = field(default_factory=SegmentParams)
     chain: ChainParams = field(default_factory=ChainParams)  # stray candidates, recovery of missed levels
+    ribs: RibParams = field(default_factory=RibParams)  # the rib cue the decoder weighs (engine.ribs)
     max_batch: dict[str, int] = field(default_factory=lambda: {"detector": 16, "segmenter": 2, "labeller": 16})
     threads: int | None = None  # CPU intra-op threads (None: the runtime's default)
     verify_models: bool = True  # sha256 of each model file against the manifest
@@ -66,7 +68,7 @@ class CascadeConfig:
     def with_overrides(self, **kw: Any) -> "CascadeConfig":
         """A copy with ``kw`` applied; keys are CascadeConfig fields or stage-parameter fields (None: unchanged)."""
         top: dict[str, Any] = {}
-        sub = {"detect": {}, "cluster": {}, "segment": {}, "chain": {}}
+        sub = {"detect": {}, "cluster": {}, "segment": {}, "chain": {}, "ribs": {}}
         own = {f.name for f in fields(self)}
         for k, v in kw.items():
             if v is None:
@@ -317,7 +319,7 @@ class Cascade:
 
         with clock.stage("label"):
             probs = self._classify(seg, iso)
-            labs, conf, info = self._decode(seg, probs, canon, iso.shape[0])
+            labs, conf, info = self._decode(seg, probs, canon, iso)
             seg, probs, labs, conf, _ = self._discard(seg, probs, labs, conf, info)
         if cfg.chain.recover:
             with clock.stage("recover"):
@@ -325,6 +327,8 @@ class Cascade:
             if found is not None:
                 seg, probs, labs, conf, info = found
         result.info["recovered"] = len(seg.recovered)
+        if info.get("ribs") is not None:  # how many vertebrae the rib cue marked (engine.ribs)
+            result.info["rib_bearing"] = int(np.count_nonzero(info["ribs"] == RIBS))
         with clock.stage("postprocess"):
             result.vertebrae = self._vertebrae(vol, canon, seg, labs, conf, probs, warnings)
             if info.get("warnings"):
@@ -409,7 +413,7 @@ class Cascade:
             # Found vertebrae that gave voxels back have new masks: all are scored again then.
             probs = (self._classify(more, iso) if more.reclaimed
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
-            labs, conf, info = self._decode(more, probs, canon, iso.shape[0], end)
+            labs, conf, info = self._decode(more, probs, canon, iso, end)
             n_found += len(more.recovered)
             fresh = np.zeros(len(more.voxels), dtype=bool)
             fresh[more.recovered] = True
@@ -458,19 +462,28 @@ class Cascade:
         new_of = np.full(len(labs), -1, dtype=np.int64)
         new_of[keep] = np.arange(len(keep))
         info["missed"] = [(int(new_of[a]), int(new_of[b]), lv) for a, b, lv in info["missed"]]
+        if info.get("ribs") is not None:
+            info["ribs"] = info["ribs"][keep]
         info["dropped"] = []
         info["warnings"] = [f"{len(out)} candidate(s) taken for no vertebra of the chain (a piece segmented "
                             f"apart, a stray) and left out"] + info["warnings"]
         return discard(seg, out), probs[keep], labs[keep], conf[keep], keep
 
-    def _decode(self, seg, probs: np.ndarray, canon: Canonical, extent: int,
+    def _decode(self, seg, probs: np.ndarray, canon: Canonical, iso,
                 end=None) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Labels of ``seg``'s vertebrae; ``extent``: the scan's slices along the spine (a mask that
-        reaches its first or last is cut by the field of view); ``end``: see ``decode_labels``."""
+        """Labels of ``seg``'s vertebrae (a mask that reaches the scan's first or last slice along the
+        spine is cut by the field of view); ``end``: see ``decode_labels``. info["ribs"]: the rib cue."""
         from engine.label import decode_labels
 
+        extent = iso.shape[0]
         cut = np.array([b[0].start <= 0 or b[0].stop >= extent for b in seg.boxes], dtype=bool)
-        return decode_labels(probs, self.classes, canon.index_to_lps(seg.centers_kji), end, seg.voxels, cut)
+        p = self.config.ribs
+        ribs = (rib_evidence(iso, seg.owner, seg.centers_kji, seg.boxes, seg.voxels, self.spacing, p)
+                if p.rib_cue else None)
+        labs, conf, info = decode_labels(probs, self.classes, canon.index_to_lps(seg.centers_kji), end, seg.voxels,
+                                         cut, ribs)
+        info["ribs"] = ribs
+        return labs, conf, info
 
     def _vertebrae(self, vol: Volume, canon: Canonical, seg, labs, conf, probs, warnings) -> list[Vertebra]:
         from scipy.ndimage import find_objects

@@ -11,7 +11,10 @@ top to bottom, we decode labels that strictly follow ``engine.labels.CRANIOCAUDA
   skip outright;
 * transitional T13 (28, between T12 and L1) and L6 (25, between L5 and S) at a low prior, so they are
   used only when the scores support them;
-* partial field of view: the sequence may start and end at any level.
+* partial field of view: the sequence may start and end at any level;
+* the rib cue (``engine.ribs``): a rib seen touching a candidate, or none where one would show, adds
+  log P(observation | level) to each level's emission (``SequenceParams.rib_likelihood``,
+  ``no_rib_likelihood``).
 
 Expected centre distances are population values scaled per patient: a first pass decodes with scale 1,
 the scale is re-estimated as the median of observed / expected distances, and a second pass decodes
@@ -106,6 +109,27 @@ class SequenceParams:
     # of a real sacrum (3.4 k voxels on the real abdomen CT in session 9).
     anchor_min_volume: float = 0.25
     step_mm: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_STEP_MM))
+    # P(observation | level) of the rib cue (engine.ribs.rib_evidence), measured on 48 phantoms' cascade
+    # masks (training seeds 0-19, 30-37, 72-91; 472 candidates; evaluation/results/2026-12-01-s15/rib-cue).
+    # A rib seen: 0/103 cervical, 3/15 T1 (its short first rib curves away inside the slab), 193/232
+    # T2-T11, 16/24 T12, 0/71 L1-L4, 2/12 L5 (an iliac crest), 11/11 sacrum (the ilium). No rib where
+    # one would show: 56/103 cervical, 4/15 T1, 0/256 T2-T12, 20/83 lumbar. Rounded towards 0.5 where
+    # samples are few and for real anatomy: lumbar and cervical ribs are ~1 % each, and ~5 % of people
+    # have 11 rib pairs or a 12th rib too short to show (T12 and T13 "no rib" 0.06; the phantoms draw 11
+    # pairs at 2 %, hard 8 %). "Unknown" carries no likelihood.
+    rib_likelihood: dict[int, float] = field(default_factory=lambda: dict(RIB_LIKELIHOOD))
+    no_rib_likelihood: dict[int, float] = field(default_factory=lambda: dict(NO_RIB_LIKELIHOOD))
+
+
+# See SequenceParams.rib_likelihood. T13 carries ribs like T12; L6 sits by the iliac crests like L5.
+RIB_LIKELIHOOD: dict[int, float] = {
+    **{c: 0.01 for c in range(1, 7)}, 7: 0.03, 8: 0.2, **{t: 0.8 for t in range(9, 19)}, 19: 0.65, 28: 0.65,
+    **{lv: 0.03 for lv in range(20, 24)}, 24: 0.15, 25: 0.1, 26: 0.95, 27: 0.5,
+}
+NO_RIB_LIKELIHOOD: dict[int, float] = {
+    **{c: 0.5 for c in range(1, 8)}, 8: 0.3, **{t: 0.02 for t in range(9, 19)}, 19: 0.06, 28: 0.06,
+    **{lv: 0.25 for lv in range(20, 26)}, 26: 0.02, 27: 0.5,
+}
 
 
 @dataclass
@@ -318,7 +342,7 @@ def _posteriors(E: np.ndarray, Ts: list[np.ndarray], prior: np.ndarray) -> np.nd
 
 
 def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None = None,
-                    logits: bool = False, partial=None, volumes=None, cut=None) -> SequenceResult:
+                    logits: bool = False, partial=None, volumes=None, cut=None, ribs=None) -> SequenceResult:
     """Most probable consistent labels for vertebra candidates ordered top to bottom.
 
     scores: (N, C) labeller output per candidate, probabilities (or ``logits=True`` for raw logits,
@@ -335,6 +359,10 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
     ``SequenceParams.drop_logprior``) unless ``cut`` (N,) bool says the field of view cuts it (when
     ``cut`` is not given, the first and last are taken as cut). Dropped candidates get label 0 and are
     listed in ``dropped``.
+
+    ribs: (N,) int, the rib cue (``engine.ribs.rib_evidence``): 1, a rib seen touching the candidate,
+    adds log ``params.rib_likelihood`` to its emissions; 0, no rib where one would show, adds log
+    ``params.no_rib_likelihood``; -1 (unknown) adds nothing.
     """
     p = params or SequenceParams()
     S = np.asarray(to_numpy(scores), dtype=np.float64)
@@ -359,6 +387,13 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
     if part.shape != (n,):
         raise ValueError(f"partial must be ({n},), got {part.shape}")
     E[part] = 0.0
+    if ribs is not None:
+        rb = np.asarray(to_numpy(ribs)).reshape(-1).astype(np.int64)
+        if rb.shape != (n,) or not np.isin(rb, (-1, 0, 1)).all():
+            raise ValueError(f"ribs must be ({n},) codes -1 / 0 / 1, got shape {rb.shape}")
+        for code, table in ((1, p.rib_likelihood), (0, p.no_rib_likelihood)):
+            like = np.log(np.clip([table.get(int(st), 0.5) for st in _STATES], 1e-6, 1.0))
+            E[rb == code] += like[None, :]
     v = None if volumes is None else np.asarray(to_numpy(volumes), dtype=np.float64).reshape(-1)
     if v is not None and v.shape != (n,):
         raise ValueError(f"volumes must be ({n},), got {v.shape}")
@@ -402,7 +437,8 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
         kept, score = _viterbi_dropping(E, C, part, model, scale, prior, drop, int(p.max_drop_run))
         if not kept.all() and kept.sum() >= 2 and score > best + 1e-9:
             sub = decode_sequence(S[kept], classes, C[kept], replace(p, drop_logprior=None), partial=part[kept],
-                                  volumes=None if v is None else v[kept], cut=faced[kept])
+                                  volumes=None if v is None else v[kept], cut=faced[kept],
+                                  ribs=None if ribs is None else rb[kept])
             idx = np.flatnonzero(kept)
             labels, conf = np.zeros(n, dtype=np.int64), np.zeros(n)
             labels[idx], conf[idx] = sub.labels, sub.confidence

@@ -1,0 +1,145 @@
+"""The rib cue (engine.ribs) on built volumes, in the decoder, and on the real abdomen CT."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.label import decode_labels
+from engine.labels import IDS, NAMES
+from engine.ribs import NO_RIBS, RIBS, UNKNOWN, RibParams, rib_evidence, rib_reach
+from spinert.paths import real_data_dir
+
+REAL = real_data_dir()
+BONE, RIB = 500.0, 400.0
+
+
+def _spine(k_len=200, width=200, rib_hu=RIB, ribs=(0, 1), process=(2,), small=()):
+    """Four 30 mm blocks down a 1 mm canonical volume [k, j, i], centred on i = width / 2. Blocks in
+    ``ribs`` get a 6 mm bar from their side out to 75 mm from the centre (a rib, held by no mask); those
+    in ``process`` a 20 mm stub (a transverse-process tip the mask missed, 40 mm from the centre)."""
+    iso = np.zeros((k_len, 120, width), dtype=np.float32)
+    owner = np.zeros(iso.shape, dtype=np.uint8)
+    ci = width // 2
+    centers, boxes = [], []
+    for n, k0 in enumerate((20, 60, 100, 140)):
+        half = 8 if n in small else 20
+        box = (slice(k0, k0 + 30), slice(35, 65), slice(ci - half, ci + half))
+        iso[box], owner[box] = BONE, n + 1
+        boxes.append(box)
+        centers.append([k0 + 14.5, 49.5, ci - 0.5])
+        side = slice(ci + half, min(ci + 75, width)) if n in ribs else (
+            slice(ci + half, ci + 40) if n in process else None)
+        if side is not None:
+            iso[k0 + 12:k0 + 18, 50:56, side] = rib_hu if n in ribs else BONE
+    voxels = np.array([np.count_nonzero(owner == n + 1) for n in range(4)])
+    return iso, owner, np.asarray(centers), boxes, voxels
+
+
+def test_a_rib_touching_a_vertebra_is_seen_and_a_missed_process_is_not():
+    iso, owner, centers, boxes, voxels = _spine()
+    reach = rib_reach(iso, owner, centers, boxes, 1.0)
+    assert reach[0] >= 62 and reach[1] >= 62
+    assert 35 <= reach[2] < 50 and reach[3] == 0
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, NO_RIBS]
+
+
+def test_no_rib_counts_only_where_one_would_show():
+    # The last block cut by the scan's last slice: its rib may be out of view.
+    iso, owner, centers, boxes, voxels = _spine(k_len=165)
+    boxes[3] = (slice(140, 165),) + boxes[3][1:]
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, UNKNOWN]
+    # A small mask (a sliver, a piece) says nothing either.
+    iso, owner, centers, boxes, voxels = _spine(small=(3,))
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0)[3] == UNKNOWN
+    # 60 mm of field of view beside the spine: the ribs leave it before they count, so none is seen and
+    # no absence is trusted.
+    iso, owner, centers, boxes, voxels = _spine(width=120)
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [UNKNOWN] * 4
+    # Ribs fainter than the bone threshold: no rib anywhere, so nothing is known (a lumbar scan, or
+    # osteoporotic bone) rather than "no ribs" everywhere.
+    iso, owner, centers, boxes, voxels = _spine(rib_hu=150.0)
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [UNKNOWN] * 4
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0, RibParams(bone_hu=120.0))[:2].tolist() == [RIBS] * 2
+    # One dense rib in the scan and one faint one (osteoporotic ribs vary): the faint one is not seen,
+    # and its absence is not trusted either (checked at the fainter threshold).
+    iso, owner, centers, boxes, voxels = _spine()
+    iso[106:112, 50:56, 120:175] = 150.0
+    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [RIBS, RIBS, UNKNOWN, NO_RIBS]
+
+
+def _probs(rows):
+    probs = np.zeros((len(rows), 26))
+    for r, row in enumerate(rows):
+        probs[r] = (1 - sum(row.values())) / (26 - len(row))
+        for lab, q in row.items():
+            probs[r, lab - 1] = q
+    return probs
+
+
+def test_no_rib_on_a_whole_vertebra_moves_the_chain_off_a_thoracic_reading():
+    # The real crop's pattern, by a margin the cue can move: the labeller reads T12 twice, then L1.
+    probs = _probs([{19: 0.7, 18: 0.28}, {19: 0.7, 20: 0.28}, {20: 0.7, 21: 0.28}])
+    lps = np.array([[0, 0, 0], [0, 0, -31], [0, 0, -64]], dtype=float)
+    names = lambda labs: [NAMES[int(x)] for x in labs]  # noqa: E731
+    assert names(decode_labels(probs, list(range(1, 27)), lps)[0]) == ["T11", "T12", "L1"]
+    # No rib on the second, where one would show: an L1 far more often than a T12 without its rib.
+    got = decode_labels(probs, list(range(1, 27)), lps, ribs=np.array([RIBS, NO_RIBS, UNKNOWN]))[0]
+    assert names(got) == ["T12", "L1", "L2"]
+    # A rib on the first alone does not say whether it is T11 or T12; unknown says nothing.
+    for ribs in ([RIBS, UNKNOWN, UNKNOWN], [UNKNOWN] * 3):
+        assert names(decode_labels(probs, list(range(1, 27)), lps, ribs=np.array(ribs))[0]) == ["T11", "T12", "L1"]
+
+
+def test_a_rib_seen_moves_the_chain_off_a_lumbar_reading():
+    # Three vertebrae the labeller reads L1-L3 by a small margin over T12-L2; a rib on the first says T12.
+    probs = np.zeros((3, 26))
+    for r, (a, b) in enumerate(((20, 19), (21, 20), (22, 21))):
+        probs[r] = 0.01 / 24
+        probs[r, a - 1], probs[r, b - 1] = 0.6, 0.39
+    lps = np.array([[0, 0, 0], [0, 0, -33], [0, 0, -68]], dtype=float)
+    assert decode_labels(probs, list(range(1, 27)), lps)[0].tolist() == [20, 21, 22]
+    got = decode_labels(probs, list(range(1, 27)), lps, ribs=np.array([RIBS, UNKNOWN, UNKNOWN]))[0]
+    assert got.tolist() == [IDS["T12"], IDS["L1"], IDS["L2"]]
+
+
+def test_decoder_refuses_bad_rib_codes():
+    probs = np.full((2, 26), 1 / 26)
+    lps = np.array([[0, 0, 0], [0, 0, -30]], dtype=float)
+    with pytest.raises(ValueError, match="ribs"):
+        decode_labels(probs, list(range(1, 27)), lps, ribs=np.array([2, 0]))
+
+
+@pytest.mark.skipif(not (REAL / "tssample-example-ct-sm_ct.nii.gz").is_file(), reason=f"{REAL} not present")
+def test_real_crop_labels_follow_the_ribs():
+    """The real 30-slice abdomen crop (a T11 sliver, T12, L1, L2): the labeller reads T12 twice and,
+    without the cue, the whole crop was labelled one level high (sessions 13-14)."""
+    from engine.pipeline import Cascade
+
+    names = {}
+    for cue in (True, False):
+        with Cascade(threads=2, rib_cue=cue) as c:
+            names[cue] = [v.name for v in c.run(REAL / "tssample-example-ct-sm_ct.nii.gz").vertebrae]
+    assert names[True][:4] == ["T11", "T12", "L1", "L2"]
+    assert names[False][:4] == ["T10", "T11", "T12", "L1"]
+
+
+@pytest.mark.skipif(not (REAL / "tssample-example-ct_ct.nii.gz").is_file(), reason=f"{REAL} not present")
+def test_real_abdomen_ribs_on_t12_only():
+    """The real abdomen CT (a T11 sliver, T12-L5, sacrum) through the shipped cascade: T12 carries ribs,
+    L1-L4 none."""
+    from engine.pipeline import Cascade
+
+    seen = {}
+    with Cascade(threads=2) as c:
+        orig = c._decode
+
+        def spy(seg, probs, canon, iso, end=None):
+            labs, conf, info = orig(seg, probs, canon, iso, end)
+            seen.update(zip(labs.tolist(), info["ribs"].tolist()))
+            return labs, conf, info
+
+        c._decode = spy
+        r = c.run(REAL / "tssample-example-ct_ct.nii.gz")
+    assert [v.name for v in r.vertebrae] == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S"]
+    assert seen[IDS["T12"]] == RIBS and r.info["rib_bearing"] >= 1
+    assert all(seen[IDS[n]] != RIBS for n in ("L1", "L2", "L3", "L4"))
