@@ -23,7 +23,7 @@ This runs on the host on a 2 mm grid (``stride``): a few small boxes per vertebr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,10 +32,10 @@ from engine.xp import to_numpy
 
 @dataclass
 class RibParams:
-    """``rib_cue``: feed the cue to the decoder (``spinert run --no-ribs`` turns it off). ``bone_hu``: bone threshold (ribs are thin cortical bone;
-    300 HU lost the real abdomen's T12 ribs, 200 kept them). ``reach_mm``: how far sideways from the
-    vertebra's centre a touching piece must reach to be a rib. ``stride``: grid step in voxels (ribs are
-    ~10 mm thick, a 2 mm grid keeps them connected)."""
+    """``rib_cue``: feed the cue to the decoder (``spinert run --no-ribs`` turns it off). ``bone_hu``:
+    bone threshold (ribs are thin cortical bone; 300 HU lost the real abdomen's T12 ribs, 200 kept
+    them). ``reach_mm``: how far sideways from the vertebra's centre a touching piece must reach to be
+    a rib. ``stride``: grid step in voxels (ribs are ~10 mm thick, a 2 mm grid keeps them connected)."""
 
     rib_cue: bool = True
     bone_hu: float = 200.0
@@ -54,18 +54,19 @@ RIBS, NO_RIBS, UNKNOWN = 1, 0, -1  # rib_evidence codes (engine.sequence.decode_
 
 
 def rib_reach(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
-              params: RibParams | None = None, labels=None) -> np.ndarray:
+              params: RibParams | None = None, bone_hu=None) -> np.ndarray:
     """(N,) mm: how far sideways (canonical i) from each vertebra's centre the bone touching its mask and
     held by no mask reaches, within the vertebra's slab and ``params.reach_mm`` (+ one grid step); 0 when
-    nothing touches it. ``owner``: label volume, ``labels``: each vertebra's label in it (default
-    1 .. N), ``boxes``: each mask's box."""
+    nothing touches it. ``owner``: label volume (vertebra n is ``n + 1``), ``boxes``: each mask's box.
+    ``bone_hu``: the bone threshold (default ``params.bone_hu``); a sequence of T thresholds gives (N, T)
+    from one pass over the windows."""
     from scipy import ndimage
 
     p = params or RibParams()
+    hu = np.atleast_1d(np.asarray(p.bone_hu if bone_hu is None else bone_hu, dtype=np.float64))
     s = max(1, int(p.stride))
     centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
-    out = np.zeros(len(centers))
-    labels = np.arange(1, len(centers) + 1) if labels is None else np.asarray(labels).reshape(-1)
+    out = np.zeros((len(centers), hu.size))
     shape = np.asarray(owner.shape)
     half_i = int(np.ceil(p.reach_mm / spacing)) + 2 * s
     cube = np.ones((3, 3, 3), dtype=bool)
@@ -81,20 +82,18 @@ def rib_reach(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
             continue
         win = tuple(slice(int(a), int(b), s) for a, b in zip(lo, hi))
         ow = to_numpy(owner[win])
-        free = (to_numpy(iso[win]) > p.bone_hu) & (ow == 0)
-        pieces, count = ndimage.label(free, structure=cube)
-        if count == 0:
-            continue
-        touch = ndimage.binary_dilation(ow == labels[n], structure=cube) & (pieces > 0)
-        hit = np.unique(pieces[touch])
-        if hit.size:
-            hit = hit[np.bincount(pieces.ravel(), minlength=count + 1)[hit] >= min_vox]
-        if hit.size == 0:
-            continue
-        cols = np.flatnonzero(np.isin(pieces, hit).any(axis=(0, 1)))  # grid columns along i with rib bone
-        i_mm = (lo[2] + cols * s - c[2]) * spacing
-        out[n] = float(np.abs(i_mm).max())
-    return out
+        ct = to_numpy(iso[win])
+        near = ndimage.binary_dilation(ow == n + 1, structure=cube)
+        for t, thr in enumerate(hu):
+            pieces, count = ndimage.label((ct > thr) & (ow == 0), structure=cube)
+            hit = np.unique(pieces[near & (pieces > 0)])
+            if hit.size:
+                hit = hit[np.bincount(pieces.ravel(), minlength=count + 1)[hit] >= min_vox]
+            if hit.size == 0:
+                continue
+            cols = np.flatnonzero(np.isin(pieces, hit).any(axis=(0, 1)))  # grid columns along i with rib bone
+            out[n, t] = float(np.abs((lo[2] + cols * s - c[2]) * spacing).max())
+    return out[:, 0] if np.ndim(p.bone_hu if bone_hu is None else bone_hu) == 0 else out
 
 
 def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, spacing: float,
@@ -105,7 +104,9 @@ def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, spacing: fl
     out = np.full(len(centers), UNKNOWN, dtype=np.int8)
     if not len(centers):
         return out
-    reach = rib_reach(iso, owner, centers, boxes, spacing, p)
+    # Presence at bone_hu, absence at the fainter threshold (more bone: a reach at least as long).
+    thresholds = (p.bone_hu, min(p.faint_hu, p.bone_hu))
+    reach, reach_faint = rib_reach(iso, owner, centers, boxes, spacing, p, thresholds).T
     seen = reach >= p.reach_mm
     out[seen] = RIBS
     if not seen.any():
@@ -114,10 +115,6 @@ def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, spacing: fl
     cut = np.array([b is None or b[0].start <= 0 or b[0].stop >= k_len for b in boxes], dtype=bool)
     vox = np.asarray(voxels, dtype=np.float64).reshape(-1)
     room = np.minimum(centers[:, 2], width - 1 - centers[:, 2]) * spacing
-    clear = ~cut & ~seen & (vox >= p.whole_ratio * np.median(vox)) & (room >= p.room_mm) & (reach < p.none_mm)
-    if clear.any():
-        faint = replace(p, bone_hu=min(p.faint_hu, p.bone_hu))
-        idx = np.flatnonzero(clear)
-        reach_faint = rib_reach(iso, owner, centers[idx], [boxes[i] for i in idx], spacing, faint, labels=idx + 1)
-        out[idx[reach_faint < p.none_mm]] = NO_RIBS
+    clear = ~seen & ~cut & (vox >= p.whole_ratio * np.median(vox)) & (room >= p.room_mm) & (reach_faint < p.none_mm)
+    out[clear] = NO_RIBS
     return out
