@@ -47,7 +47,7 @@ class RibParams:
     none_mm: float = 50.0  # "no rib": nothing touching reaches this far (a missed transverse process does)
     faint_hu: float = 120.0  # ... even with this bone threshold
     room_mm: float = 70.0  # ... with this much field of view on both sides of the vertebra's centre
-    whole_ratio: float = 0.5  # ... and a mask at least this share of the median mask, not cut along k
+    whole_ratio: float = 0.5  # ... a mask at least this share of the median one (for "rib" too), not cut
 
 
 RIBS, NO_RIBS, UNKNOWN = 1, 0, -1  # rib_evidence codes (engine.sequence.decode_sequence's ``ribs``)
@@ -107,14 +107,18 @@ def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, spacing: fl
     # Presence at bone_hu, absence at the fainter threshold (more bone: a reach at least as long).
     thresholds = (p.bone_hu, min(p.faint_hu, p.bone_hu))
     reach, reach_faint = rib_reach(iso, owner, centers, boxes, spacing, p, thresholds).T
-    seen = reach >= p.reach_mm
+    # A small mask (a slab at the scan's face, a piece) says nothing either way: the bone it touches may
+    # be its neighbour's rib or the pelvis (a 2 k-voxel L3 slab at a new hard phantom's bottom face
+    # touched a 12th rib's tip and was then decoded as no vertebra).
+    vox = np.asarray(voxels, dtype=np.float64).reshape(-1)
+    big = vox >= p.whole_ratio * np.median(vox)
+    seen = big & (reach >= p.reach_mm)
     out[seen] = RIBS
     if not seen.any():
         return out  # no rib anywhere: a lumbar or cervical scan, or bone too faint to tell
     k_len, width = int(owner.shape[0]), int(owner.shape[2])
     cut = np.array([b is None or b[0].start <= 0 or b[0].stop >= k_len for b in boxes], dtype=bool)
-    vox = np.asarray(voxels, dtype=np.float64).reshape(-1)
     room = np.minimum(centers[:, 2], width - 1 - centers[:, 2]) * spacing
-    clear = ~seen & ~cut & (vox >= p.whole_ratio * np.median(vox)) & (room >= p.room_mm) & (reach_faint < p.none_mm)
+    clear = big & ~seen & ~cut & (room >= p.room_mm) & (reach_faint < p.none_mm)
     out[clear] = NO_RIBS
     return out

@@ -111,9 +111,9 @@ class SequenceParams:
     step_mm: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_STEP_MM))
     # P(observation | level) of the rib cue (engine.ribs.rib_evidence), measured on 48 phantoms' cascade
     # masks (training seeds 0-19, 30-37, 72-91; 472 candidates; evaluation/results/2026-12-01-s15/rib-cue).
-    # A rib seen: 0/103 cervical, 3/15 T1 (its short first rib curves away inside the slab), 193/232
+    # A rib seen: 0/103 cervical, 3/15 T1 (its short first rib curves away inside the slab), 185/232
     # T2-T11, 16/24 T12, 0/71 L1-L4, 2/12 L5 (an iliac crest), 11/11 sacrum (the ilium). No rib where
-    # one would show: 56/103 cervical, 4/15 T1, 0/256 T2-T12, 20/83 lumbar. Rounded towards 0.5 where
+    # one would show: 51/103 cervical, 4/15 T1, 0/256 T2-T12, 20/83 lumbar. Rounded towards 0.5 where
     # samples are few and for real anatomy: lumbar and cervical ribs are ~1 % each, and ~5 % of people
     # have 11 rib pairs or a 12th rib too short to show (T12 and T13 "no rib" 0.06; the phantoms draw 11
     # pairs at 2 %, hard 8 %). "Unknown" carries no likelihood.
