@@ -478,7 +478,7 @@ class Cascade:
         extent = iso.shape[0]
         cut = np.array([b[0].start <= 0 or b[0].stop >= extent for b in seg.boxes], dtype=bool)
         p = self.config.ribs
-        ribs = (rib_evidence(iso, seg.owner, seg.centers_kji, seg.boxes, seg.voxels, self.spacing, p)
+        ribs = (rib_evidence(iso, seg.owner, seg.centers_kji, seg.boxes, seg.voxels, cut, self.spacing, p)
                 if p.rib_cue else None)
         labs, conf, info = decode_labels(probs, self.classes, canon.index_to_lps(seg.centers_kji), end, seg.voxels,
                                          cut, ribs)

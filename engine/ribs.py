@@ -74,7 +74,7 @@ def rib_reach(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
     for n, (c, box) in enumerate(zip(centers, boxes)):
         if box is None:
             continue
-        ck, cj, ci = np.round(c).astype(int)
+        _, cj, ci = np.round(c).astype(int)
         lo = np.array([box[0].start - s, cj - int(p.j_front_mm / spacing), ci - half_i])
         hi = np.array([box[0].stop + s, cj + int(p.j_back_mm / spacing) + 1, ci + half_i + 1])
         lo, hi = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
@@ -96,9 +96,11 @@ def rib_reach(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
     return out[:, 0] if np.ndim(p.bone_hu if bone_hu is None else bone_hu) == 0 else out
 
 
-def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, spacing: float,
+def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, cut, spacing: float,
                  params: RibParams | None = None) -> np.ndarray:
-    """(N,) int8 per vertebra: RIBS (a rib touches it), NO_RIBS (none where one would show) or UNKNOWN."""
+    """(N,) int8 per vertebra: RIBS (a rib touches it), NO_RIBS (none where one would show) or UNKNOWN.
+    ``voxels``: mask sizes; ``cut``: (N,) bool, the field of view cuts the mask along the spine (the
+    decoder's own flags, engine.pipeline)."""
     p = params or RibParams()
     centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
     out = np.full(len(centers), UNKNOWN, dtype=np.int8)
@@ -116,8 +118,8 @@ def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, spacing: fl
     out[seen] = RIBS
     if not seen.any():
         return out  # no rib anywhere: a lumbar or cervical scan, or bone too faint to tell
-    k_len, width = int(owner.shape[0]), int(owner.shape[2])
-    cut = np.array([b is None or b[0].start <= 0 or b[0].stop >= k_len for b in boxes], dtype=bool)
+    cut = np.asarray(cut, dtype=bool).reshape(-1)
+    width = int(owner.shape[2])
     room = np.minimum(centers[:, 2], width - 1 - centers[:, 2]) * spacing
     clear = big & ~seen & ~cut & (room >= p.room_mm) & (reach_faint < p.none_mm)
     out[clear] = NO_RIBS

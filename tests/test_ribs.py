@@ -11,6 +11,7 @@ from spinert.paths import real_data_dir
 
 REAL = real_data_dir()
 BONE, RIB = 500.0, 400.0
+WHOLE = np.zeros(4, dtype=bool)  # no block cut by the field of view
 
 
 def _spine(k_len=200, width=200, rib_hu=RIB, ribs=(0, 1), process=(2,), small=()):
@@ -40,32 +41,34 @@ def test_a_rib_touching_a_vertebra_is_seen_and_a_missed_process_is_not():
     reach = rib_reach(iso, owner, centers, boxes, 1.0)
     assert reach[0] >= 62 and reach[1] >= 62
     assert 35 <= reach[2] < 50 and reach[3] == 0
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, NO_RIBS]
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, NO_RIBS]
 
 
 def test_no_rib_counts_only_where_one_would_show():
     # The last block cut by the scan's last slice: its rib may be out of view.
     iso, owner, centers, boxes, voxels = _spine(k_len=165)
     boxes[3] = (slice(140, 165),) + boxes[3][1:]
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, UNKNOWN]
+    cut = np.array([False, False, False, True])
+    assert rib_evidence(iso, owner, centers, boxes, voxels, cut, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, UNKNOWN]
     # A small mask (a slab at the face, a piece) says nothing either way, a rib beside it included: it may
     # be the neighbour's rib.
     iso, owner, centers, boxes, voxels = _spine(small=(0, 3))
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [UNKNOWN, RIBS, NO_RIBS, UNKNOWN]
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [UNKNOWN, RIBS, NO_RIBS, UNKNOWN]
     # 60 mm of field of view beside the spine: the ribs leave it before they count, so none is seen and
     # no absence is trusted.
     iso, owner, centers, boxes, voxels = _spine(width=120)
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [UNKNOWN] * 4
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [UNKNOWN] * 4
     # Ribs fainter than the bone threshold: no rib anywhere, so nothing is known (a lumbar scan, or
     # osteoporotic bone) rather than "no ribs" everywhere.
     iso, owner, centers, boxes, voxels = _spine(rib_hu=150.0)
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [UNKNOWN] * 4
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0, RibParams(bone_hu=120.0))[:2].tolist() == [RIBS] * 2
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [UNKNOWN] * 4
+    faint_ok = RibParams(bone_hu=120.0)
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0, faint_ok)[:2].tolist() == [RIBS] * 2
     # One dense rib in the scan and one faint one (osteoporotic ribs vary): the faint one is not seen,
     # and its absence is not trusted either (checked at the fainter threshold).
     iso, owner, centers, boxes, voxels = _spine()
     iso[106:112, 50:56, 120:175] = 150.0
-    assert rib_evidence(iso, owner, centers, boxes, voxels, 1.0).tolist() == [RIBS, RIBS, UNKNOWN, NO_RIBS]
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [RIBS, RIBS, UNKNOWN, NO_RIBS]
 
 
 def _probs(rows):
