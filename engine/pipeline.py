@@ -29,11 +29,13 @@ from engine.localise import CentreOffset, apply_offset
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest, run_precision
 from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
 from engine.ribs import RIBS, RibParams, rib_evidence
-from engine.segment import SegmentParams, discard, extend, interface, mask_threshold, merge, segment
+from engine.segment import (SegmentParams, discard, extend, interface, mask_threshold, merge, regrow,
+                            segment)
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
-# "recover" segments and labels the vertebrae the chain logic finds after labelling (engine.chain).
+# "recover" segments and labels the vertebrae the chain logic finds after labelling (engine.chain), and
+# segments the sacrum again from its mask's centroid (engine.segment.regrow).
 STAGES = ("load", "preprocess", "detect", "cluster", "segment", "label", "recover", "postprocess")
 Progress = Callable[..., None]  # progress(stage, "started" | "finished", **info)
 
@@ -326,7 +328,17 @@ class Cascade:
                 found = self._recover(seg, iso, canon, probs, labs, info)
             if found is not None:
                 seg, probs, labs, conf, info = found
+        # A sacrum the field of view cuts to a slab smaller than a vertebra is all there is of it: ROIs
+        # there see no more (on held-out phantoms its mask grew into the soft tissue in front of it).
+        cut = np.array([b is None or b[0].start <= 0 or b[0].stop >= iso.shape[0] for b in seg.boxes], bool)
+        slab = cut & (seg.voxels < np.median(seg.voxels)) if len(seg.voxels) else cut
+        sacrum = np.flatnonzero((labs == L.SACRUM) & ~slab) if cfg.segment.regrow_rounds > 0 else []
+        if len(sacrum):
+            with clock.stage("recover"):
+                seg = regrow(seg, self.sessions["segmenter"], iso, sacrum, self.specs["segmenter"].preprocess,
+                             self.spacing, cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
         result.info["recovered"] = len(seg.recovered)
+        result.info["regrown"] = len(sacrum)
         if info.get("ribs") is not None:  # how many vertebrae the rib cue marked (engine.ribs)
             result.info["rib_bearing"] = int(np.count_nonzero(info["ribs"] == RIBS))
         with clock.stage("postprocess"):

@@ -33,6 +33,11 @@ class SegmentParams:
     # the spine's local midline (its neighbours' masks). 0 turns it off.
     recentre_mm: float = 6.0
     midline_neighbours: int = 4  # sideways, a re-run ROI goes to the median of this many nearest masks
+    # ``regrow`` (the sacrum): ROIs run at the mask's centroid until it moves less than ``regrow_mm``,
+    # at most ``regrow_rounds`` times. 0 turns it off.
+    regrow_rounds: int = 3
+    regrow_mm: float = 3.0
+    regrow_span_mm: float = 15.0  # each round: ROIs at the centroid and this far above and below it
 
 
 @dataclass
@@ -312,6 +317,78 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
                    boxes=list(seg.boxes) + [k[2] for k in kept],
                    source=np.concatenate([seg.source, np.asarray([k[3] for k in kept], dtype=np.int64)]),
                    recovered=list(range(m0, m0 + len(kept))))
+
+
+def regrow(seg: Segmentation, session, iso, which: Sequence[int], preprocess: dict[str, Any], spacing: float,
+           params: SegmentParams | None = None, max_batch: int | None = None) -> Segmentation:
+    """Segment vertebrae ``which`` again from ROIs around their masks' centroids, until each centroid
+    moves less than ``regrow_mm``: a bone longer than the segmenter's reach from its ROI centre (the
+    sacrum, 100-130 mm along its curve) is segmented only around where the detector or a recovery slab
+    found it, and ROIs at the centroid of what was found reach further.
+
+    Each round runs ROIs at the centroid and ``regrow_span_mm`` above and below it along the spine; inside
+    their windows the vertebra becomes the union of what they see above threshold on voxels no other
+    vertebra holds (then its largest piece). Sideways the ROIs stay on the spine's midline (``_midline``
+    of the other masks), as in ``_recentre``.
+    """
+    p = params or SegmentParams()
+    which = [int(i) for i in which]
+    if not which or p.regrow_rounds <= 0:
+        return seg
+    xp = get_xp(iso)
+    owner, prob = seg.owner.copy(), seg.prob.copy() if seg.prob is not None else None
+    centers, voxels, boxes = seg.centers_kji.astype(np.float64).copy(), seg.voxels.copy(), list(seg.boxes)
+    thr, r = mask_threshold(p, preprocess), int(preprocess["roi"])
+    steps = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]) * p.regrow_span_mm / spacing
+    ran = {i: None for i in which}  # where each vertebra's ROIs were centred last (None: never)
+    for _ in range(p.regrow_rounds):
+        target = centers.copy()
+        target[:, 2] = _midline(centers, voxels > 0, centers[:, 2], p.midline_neighbours)
+        todo = [i for i in which if voxels[i] > 0 and (
+            ran[i] is None or np.linalg.norm((target[i] - ran[i]) * spacing) > p.regrow_mm)]
+        if not todo:
+            break
+        for i in todo:
+            ran[i] = target[i]
+            rois: list[tuple[Any, np.ndarray]] = []
+            _run_rois(session, iso, target[i] + steps, preprocess, max_batch,
+                      lambda k, roi_prob, start: rois.append((roi_prob, start)), None)
+            starts = np.stack([st for _, st in rois])
+            lo, hi = np.maximum(starts.min(0), 0), np.minimum(starts.max(0) + r, owner.shape)
+            span = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            ow = owner[span]
+            was = ow == i + 1
+            ow[was] = 0  # the windows' union is segmented afresh; what lies outside it stays
+            seen = xp.zeros(ow.shape, dtype=xp.float32)
+            for roi_prob, start in rois:
+                a, b = np.maximum(start, lo) - lo, np.minimum(start + r, hi) - lo
+                dst = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
+                src = tuple(slice(int(x), int(y)) for x, y in zip(a + lo - start, b + lo - start))
+                seen[dst] = xp.maximum(seen[dst], roi_prob[src])
+            ow[(ow == 0) & (seen > thr)] = i + 1
+            if prob is not None:
+                # Its voxels take the new probabilities; background keeps the highest seen (a neighbour's
+                # sub-voxel boundary is interpolated from them) except where this vertebra was before.
+                pw = prob[span]
+                new = xp.clip(seen * 255.0 + 0.5, 0, 255).astype(xp.uint8)
+                pw[...] = xp.where((ow == i + 1) | was, new, xp.where(ow == 0, xp.maximum(pw, new), pw))
+        found = _find_boxes(owner, len(voxels))
+        if p.largest_component:
+            _keep_largest(owner, [b if n in todo else None for n, b in enumerate(found)], xp)
+        for i in todo:
+            if found[i] is None:
+                voxels[i], boxes[i] = 0, None
+                continue
+            view = owner[found[i]]
+            if prob is not None:  # pieces cut off must not come back on the input grid
+                pv = prob[found[i]]
+                pv[(view == 0) & (pv > int(thr * 255))] = 0
+            rel = _find_boxes(view, i + 1)[i]
+            box = tuple(slice(s.start + f.start, s.stop + f.start) for s, f in zip(rel, found[i]))
+            mask = owner[box] == i + 1
+            voxels[i], boxes[i] = int(mask.sum()), box
+            centers[i] = _centroid(mask, np.array([b.start for b in box]), xp)
+    return replace(seg, owner=owner, prob=prob, centers_kji=centers, voxels=voxels, boxes=boxes)
 
 
 def interface(owner, a: int, b: int, box_a, box_b) -> int:
