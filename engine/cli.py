@@ -29,6 +29,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="do not segment the levels the label sequence says were missed (seed 000 as published)")
     p.add_argument("--no-ribs", action="store_true",
                    help="label without the rib cue (which vertebrae carry ribs, engine.ribs)")
+    p.add_argument("--no-regrow", action="store_true",
+                   help="keep the sacrum as first segmented, not regrown from ROIs around its centroid "
+                        "(engine.segment.regrow; saves 3-9 segmenter ROIs)")
     p.add_argument("--raw-centres", action="store_true",
                    help="centres are the plain mask centroids, without the segmenter's fitted centre offset")
 
@@ -61,6 +64,7 @@ def _cascade(args):
           "max_spacing_mm": args.max_spacing, "rebuild": args.rebuild,
           "recover": False if getattr(args, "no_recover", False) else None,
           "rib_cue": False if getattr(args, "no_ribs", False) else None,
+          "regrow_rounds": 0 if getattr(args, "no_regrow", False) else None,
           "centre_offset": False if getattr(args, "raw_centres", False) else None}
     if args.stride < 1:
         raise InputError(f"--stride must be >= 1, got {args.stride}")

@@ -60,6 +60,21 @@ def test_run_writes_the_contract_files(models, ct_file, tmp_path, capsys):
     assert "3 vertebrae" in stdout and "detect" in stdout  # summary + timing table
 
 
+def test_switches_turn_off_the_steps_they_name(models, ct_file):
+    from engine.cli import _cascade
+    from spinert.cli import build_parser
+
+    base = ["run", str(ct_file), "--out", "x", "--models", str(models), "--backend", "onnxruntime"]
+    with _cascade(build_parser().parse_args(base)) as c:
+        on = c.config
+    flags = ["--no-recover", "--no-ribs", "--no-regrow", "--raw-centres"]
+    with _cascade(build_parser().parse_args(base + flags)) as c:
+        off = c.config
+    assert (on.chain.recover, on.ribs.rib_cue, on.segment.regrow_rounds > 0, on.centre_offset) == (True,) * 4
+    assert (off.chain.recover, off.ribs.rib_cue, off.segment.regrow_rounds, off.centre_offset) == (False, False, 0,
+                                                                                                 False)
+
+
 def test_existing_outputs_are_never_overwritten(models, ct_file, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["run", str(ct_file), "--out", str(out), "--models", str(models), "--quiet"]
