@@ -381,13 +381,16 @@ class Cascade:
         found, n_found = None, 0
         end = np.zeros(len(seg.voxels), dtype=np.int64)  # -1 / +1: a part beyond the top / bottom end
         fresh = np.ones(len(seg.voxels), dtype=bool)  # found in the last round (all, before the first)
+        # Recovered as a loose piece at the scan's face: nothing beyond it is in view (held-out 100104: a
+        # second round beyond the arch of a cut L4 kept its spinous tip as one more vertebra, "L3").
+        piece = np.zeros(len(seg.voxels), dtype=bool)
         for r in range(cfg.chain.recover_rounds):
             props = [missed_centres(seg.centers_kji, info["missed"])]
             kind = [np.zeros(len(props[0]), np.int64)]  # 0: missed level, 1: beyond an end, 2: a loose piece
             # Beyond an end whose vertebra was found in the last round, the next one may show too (C2
             # found above C3, then C1 above it); beyond an end already looked past, nothing new would.
             o = np.argsort(seg.centers_kji[:, 0], kind="stable")
-            sides = [s for s, i in ((-1, o[0]), (1, o[-1])) if fresh[i]] if len(o) else []
+            sides = [s for s, i in ((-1, o[0]), (1, o[-1])) if fresh[i] and not piece[i]] if len(o) else []
             if cfg.chain.ends and sides:
                 mid = np.median(seg.centers_kji[:, 0])
                 for more_props in (end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach),
@@ -417,11 +420,14 @@ class Cascade:
                 break
             src = -1 - np.asarray(more.source[m0:])
             end = np.concatenate([end, side[src]])
+            piece = np.concatenate([piece, kind[src] == 2])
             pairs = same_vertebra_beyond_ends(kind[src], beyond[src], m0)
             if pairs:
                 more = merge(more, pairs)
                 end[[a for a, _ in pairs]] = beyond[src][[a - m0 for a, _ in pairs]]  # placed like a piece
+                piece[[a for a, _ in pairs]] = True
                 end = np.delete(end, [b for _, b in pairs])
+                piece = np.delete(piece, [b for _, b in pairs])
             # Found vertebrae that gave voxels back have new masks: all are scored again then.
             probs = (self._classify(more, iso) if more.reclaimed
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
@@ -431,7 +437,7 @@ class Cascade:
             fresh[more.recovered] = True
             more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
             more, probs, labs, conf, keep = self._discard(more, probs, labs, conf, info)
-            end, fresh = end[keep], fresh[keep]
+            end, fresh, piece = end[keep], fresh[keep], piece[keep]
             seg, found = more, (more, probs, labs, conf, info)
         if found is None:
             return None
