@@ -330,7 +330,7 @@ class Cascade:
                 seg, probs, labs, conf, info = found
         # A sacrum the field of view cuts to a slab smaller than a vertebra is all there is of it: ROIs
         # there see no more (on held-out phantoms its mask grew into the soft tissue in front of it).
-        cut = np.array([b is None or b[0].start <= 0 or b[0].stop >= iso.shape[0] for b in seg.boxes], bool)
+        cut = _cut(seg.boxes, iso.shape[0])
         slab = cut & (seg.voxels < np.median(seg.voxels)) if len(seg.voxels) else cut
         sacrum = np.flatnonzero((labs == L.SACRUM) & ~slab) if cfg.segment.regrow_rounds > 0 else []
         if len(sacrum):
@@ -493,8 +493,7 @@ class Cascade:
         spine is cut by the field of view); ``end``: see ``decode_labels``. info["ribs"]: the rib cue."""
         from engine.label import decode_labels
 
-        extent = iso.shape[0]
-        cut = np.array([b[0].start <= 0 or b[0].stop >= extent for b in seg.boxes], dtype=bool)
+        cut = _cut(seg.boxes, iso.shape[0])
         p = self.config.ribs
         ribs = (rib_evidence(iso, seg.owner, seg.centers_kji, seg.boxes, seg.voxels, cut, self.spacing, p)
                 if p.rib_cue else None)
@@ -540,6 +539,12 @@ class Cascade:
         clock.ms["total"] = sum(clock.ms[s] for s in STAGES)
         result.timings_ms = {k: round(v, 3) for k, v in clock.ms.items()}
         return result
+
+
+def _cut(boxes, extent: int) -> np.ndarray:
+    """(N,) bool: each mask reaches the scan's first or last slice along the spine (the field of view
+    cuts it); a vanished mask (box None) counts as cut."""
+    return np.array([b is None or b[0].start <= 0 or b[0].stop >= extent for b in boxes], dtype=bool)
 
 
 def run(source: Volume | str | os.PathLike, **kw: Any) -> SpineResult:
