@@ -348,6 +348,7 @@ def regrow(seg: Segmentation, session, iso, which: Sequence[int], preprocess: di
             ran[i] is None or np.linalg.norm((target[i] - ran[i]) * spacing) > p.regrow_mm)]
         if not todo:
             break
+        region: dict[int, tuple[slice, slice, slice]] = {}
         for i in todo:
             ran[i] = target[i]
             rois: list[tuple[Any, np.ndarray]] = []
@@ -356,6 +357,8 @@ def regrow(seg: Segmentation, session, iso, which: Sequence[int], preprocess: di
             starts = np.stack([st for _, st in rois])
             lo, hi = np.maximum(starts.min(0), 0), np.minimum(starts.max(0) + r, owner.shape)
             span = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            # The vertebra now lies within its old box and the windows' union: all later work stays there.
+            region[i] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(boxes[i], span))
             ow = owner[span]
             was = ow == i + 1
             ow[was] = 0  # the windows' union is segmented afresh; what lies outside it stays
@@ -372,19 +375,18 @@ def regrow(seg: Segmentation, session, iso, which: Sequence[int], preprocess: di
                 pw = prob[span]
                 new = xp.clip(seen * 255.0 + 0.5, 0, 255).astype(xp.uint8)
                 pw[...] = xp.where((ow == i + 1) | was, new, xp.where(ow == 0, xp.maximum(pw, new), pw))
-        found = _find_boxes(owner, len(voxels))
         if p.largest_component:
-            _keep_largest(owner, [b if n in todo else None for n, b in enumerate(found)], xp)
+            _keep_largest(owner, [region.get(n) for n in range(len(voxels))], xp)
         for i in todo:
-            if found[i] is None:
-                voxels[i], boxes[i] = 0, None
-                continue
-            view = owner[found[i]]
+            view = owner[region[i]]
             if prob is not None:  # pieces cut off must not come back on the input grid
-                pv = prob[found[i]]
+                pv = prob[region[i]]
                 pv[(view == 0) & (pv > int(thr * 255))] = 0
             rel = _find_boxes(view, i + 1)[i]
-            box = tuple(slice(s.start + f.start, s.stop + f.start) for s, f in zip(rel, found[i]))
+            if rel is None:
+                voxels[i], boxes[i] = 0, None
+                continue
+            box = tuple(slice(s.start + f.start, s.stop + f.start) for s, f in zip(rel, region[i]))
             mask = owner[box] == i + 1
             voxels[i], boxes[i] = int(mask.sum()), box
             centers[i] = _centroid(mask, np.array([b.start for b in box]), xp)
