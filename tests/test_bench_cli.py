@@ -155,3 +155,15 @@ def test_pct_and_sizes():
     assert parse_sizes(["sample", "6", "24"]) == ["sample", 6, 24]
     with pytest.raises(InputError):
         parse_sizes(["lots"])
+
+
+def test_train_step_micro_bench_writes_json_and_plot(tmp_path):
+    pytest.importorskip("torch")
+    from bench import micro_train_step
+
+    assert micro_train_step.main(["--widths", "4,8,16", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "train_step.json").read_text())
+    assert [r["widths"] for r in rows] == [[4, 8, 16]]
+    assert rows[0]["ncdhw_s"] > 0 and rows[0]["channels_last_s"] > 0
+    assert rows[0]["speedup"] == pytest.approx(rows[0]["ncdhw_s"] / rows[0]["channels_last_s"])
+    assert (tmp_path / "train_step.png").stat().st_size > 1000

@@ -90,3 +90,19 @@ def test_train_from_the_shipped_onnx_of_an_earlier_run(tmp_path, capsys):
 
     init = load_manifest(out2)["segmenter"].raw["trained"]["schedule"]["init"]
     assert sha256_file(out / "segmenter.onnx")[:16] in init
+
+    # A wider network grows from the narrower shipped file: read back at the widths its manifest records.
+    out3 = tmp_path / "models3"
+    rc = main(["train", "segmenter", *common, "--out", str(out3), "--work", str(tmp_path / "w3"),
+               "--init", str(out / "segmenter.onnx"), "--widths", "8,16,32"])
+    assert rc == 0
+    assert "widened [4, 8, 16] -> [8, 16, 32] channels" in capsys.readouterr().out
+    assert load_manifest(out3)["segmenter"].raw["arch"]["widths"] == [8, 16, 32]
+    # Without --widths a fine-tune keeps the file's widths; a network never shrinks.
+    rc = main(["train", "segmenter", *common, "--out", str(tmp_path / "models4"), "--work", str(tmp_path / "w4"),
+               "--init", str(out3 / "segmenter.onnx"), "--widths", "4,16,32"])
+    assert rc != 0
+    assert "cannot start from --init" in capsys.readouterr().err
+    assert main(["train", "segmenter", *common, "--out", str(tmp_path / "models5"), "--work", str(tmp_path / "w5"),
+                 "--init", str(out3 / "segmenter.onnx")]) == 0
+    assert load_manifest(tmp_path / "models5")["segmenter"].raw["arch"]["widths"] == [8, 16, 32]

@@ -246,14 +246,15 @@ def test_labeller_zoom_scales_the_vertebra_in_the_input():
     np.testing.assert_allclose(ratios, 1.0, atol=0.08)
 
 
-def test_widening_the_full_resolution_level_keeps_the_outputs():
+@pytest.mark.parametrize("light", [1, 0])
+def test_widening_keeps_the_outputs(light):
     import torch
 
     from training.nets import AttentionUNet3D, UNetConfig
-    from training.widen import widen_level0
+    from training.widen import state_widths, widen
 
     torch.manual_seed(0)
-    old = AttentionUNet3D(UNetConfig(widths=[4, 8, 16]))
+    old = AttentionUNet3D(UNetConfig(widths=[4, 8, 16], light_levels=light))
     for p in old.parameters():  # trained-looking weights: nothing zero, BN statistics away from identity
         torch.nn.init.normal_(p, 0.0, 0.3)
     for m in old.modules():
@@ -264,15 +265,24 @@ def test_widening_the_full_resolution_level_keeps_the_outputs():
     x = torch.rand(2, 2, 16, 16, 16)
     with torch.no_grad():
         ref = old(x)
-        for width in (6, 12):  # 12 also widens the attention gate's inner channels (max(4, w // 2))
-            new = widen_level0(old, width).eval()
-            assert new.cfg.widths == [width, 8, 16]
-            assert new.enc[0][0].weight.shape[0] == width
-            torch.testing.assert_close(new(x), ref, atol=1e-6, rtol=0)
+        # level 0 alone; every level (12 also widens the attention gates' inner channels, max(4, w // 2))
+        for widths in ([6, 8, 16], [12, 8, 16], [8, 16, 32], [4, 12, 16]):
+            new = widen(old, widths).eval()
+            assert new.cfg.widths == widths and state_widths(new.state_dict()) == widths
+            torch.testing.assert_close(new(x), ref, atol=1e-5, rtol=0)
             # The new channels are live (random filters), not dead zeros: training can grow them.
-            assert new.enc[0][0].weight[4:].abs().sum() > 0
+            for i, (w_new, w_old) in enumerate(zip(widths, [4, 8, 16])):
+                conv = new.enc[i][0] if i < light else new.enc[i][0][0]
+                assert w_new == w_old or conv.weight[w_old:].abs().sum() > 0
+        # A widened network that has trained a little (its new channels now read) differs: the test can fail.
+        new = widen(old, [8, 16, 32]).eval()
+        conv = new.dec[-1][0] if light else new.dec[-1][0][0]
+        conv.weight.data[:, 4:8] += 0.1  # the columns reading the new gated-skip channels
+        assert (new(x) - ref).abs().max() > 1e-4
     with pytest.raises(ValueError, match="narrower"):
-        widen_level0(old, 2)
+        widen(old, [2, 8, 16])
+    with pytest.raises(ValueError, match="levels"):
+        widen(old, [4, 8])
 
 
 def test_segmenter_init_from_a_narrower_checkpoint(data_dir, tmp_path, capsys):
@@ -284,7 +294,7 @@ def test_segmenter_init_from_a_narrower_checkpoint(data_dir, tmp_path, capsys):
     rc = main(["train", "segmenter", "--data", str(data_dir), "--out", str(out2), "--work", str(tmp_path / "w2"),
                "--tiny", "--device", "cpu", "--init", str(ck), "--widths", "8,8,16"])
     assert rc == 0
-    assert "widened 4 -> 8 channels" in capsys.readouterr().out
+    assert "widened [4, 8, 16] -> [8, 8, 16] channels" in capsys.readouterr().out
     spec = _check_shipped(out2, "segmenter")
     assert spec.raw["arch"]["widths"] == [8, 8, 16]
     assert torch.load(tmp_path / "w2" / "ckpt" / "best.pt", weights_only=False)["model"]["enc.0.0.weight"].shape[0] == 8

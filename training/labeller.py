@@ -306,7 +306,7 @@ def train(args, log=print) -> dict:
                          input_shape=list(pp["shape"]), layers=1 if args.tiny else 2)
     model = ResNetTransformer3D(cfg)
     common.init_weights(model, args, log, lambda: init_batches(tr, args.seed, batch))
-    model = model.to(device)
+    model = common.train_layout(model, device)
     lr = args.lr or 3e-4
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=lr * 0.05)
@@ -319,7 +319,7 @@ def train(args, log=print) -> dict:
 
     def step(_i: int) -> float:
         idx = rng.choice(len(tr.items), size=batch, p=w)
-        x = torch.from_numpy(np.stack([tr.x(i, rng) for i in idx])).to(device)
+        x = common.train_layout(torch.from_numpy(np.stack([tr.x(i, rng) for i in idx])), device)
         y = torch.from_numpy(y_all[idx]).to(device)
         loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
@@ -334,7 +334,7 @@ def train(args, log=print) -> dict:
                      common.Schedule(epochs, steps, batch, lr), work / "ckpt", args.resume, key=key, log=log,
                      validate_init=bool(getattr(args, "init", None)))
     common.load_ckpt(res["best_path"], model)
-    model = model.cpu().eval()
+    model = common.export_layout(model).eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va, classes)
     log(f"labeller final (best epoch): {final}")
     trained = {"data": str(args.data), "val_data": str(split.val_dir), "cases_train": tr_ids, "cases_val": va_ids,

@@ -202,7 +202,14 @@ def train(args, log=print) -> dict:
     common.set_threads(device)
     common.seed_all(args.seed)
     pp = dict(PREPROCESS)
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else ([4, 8, 16] if args.tiny else [4, 8, 16, 32, 64])
+    init = common.init_path(args)
+    old = widen.init_widths(init) if init is not None else None
+    # Without --widths a run continues at its --init's widths (the shipped file's, for a fine-tune).
+    widths = ([int(w) for w in args.widths.split(",")] if args.widths else
+              old or ([4, 8, 16] if args.tiny else [4, 8, 16, 32, 64]))
+    if old and (len(old) != len(widths) or any(n < o for n, o in zip(widths, old))):
+        raise common.SpinertError(f"--widths {widths} cannot start from --init {init} ({old}): a network can "
+                                  "only grow, level by level")
     if args.tiny:
         pp["roi"] = 32  # the graph is fully convolutional; tiny runs only prove the pipeline end to end
     patch = args.patch or (16 if args.tiny else 64)
@@ -227,12 +234,18 @@ def train(args, log=print) -> dict:
 
     model = AttentionUNet3D(UNetConfig(widths=widths))
     sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
-    init = common.init_path(args)
     if init is not None and init.suffix == ".onnx":
-        common.init_weights(model, args, log, lambda: init_batches(tr_files, pp, args.seed, patch, sampling, batch))
+        # A shipped file narrower than --widths is read back at its own widths, then widened (same outputs).
+        src = AttentionUNet3D(UNetConfig(widths=widen.onnx_widths(init) or widths))
+        common.init_weights(src, args, log, lambda: init_batches(tr_files, pp, args.seed, patch, sampling, batch))
+        if src.cfg.widths != widths:
+            model = widen.widen(src, widths)
+            log(f"widened {src.cfg.widths} -> {widths} channels (same outputs)")
+        else:
+            model = src
     elif init is not None:
         widen.load_init(model, init, log)
-    model = model.to(device)
+    model = common.train_layout(model, device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr or 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=(args.lr or 1e-3) * 0.05)
     rng = np.random.default_rng(args.seed)
@@ -253,8 +266,8 @@ def train(args, log=print) -> dict:
             x, y = make_sample(ct, m, pp, random_offset(rng, max_off), patch, rng, sampling["patch_on_mask_p"])
             xs.append(x)
             ys.append(y)
-        x = torch.from_numpy(np.stack(xs)).to(device)
-        y = torch.from_numpy(np.stack(ys)).to(device)
+        x = common.train_layout(torch.from_numpy(np.stack(xs)), device)
+        y = common.train_layout(torch.from_numpy(np.stack(ys)), device)
         loss = loss_fn(model.logits(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -267,7 +280,7 @@ def train(args, log=print) -> dict:
                      key="dice_mean", log=log,
                      validate_init=bool(getattr(args, "init", None)))
     common.load_ckpt(res["best_path"], model)
-    model = model.cpu().eval()
+    model = common.export_layout(model).eval()
     final = evaluate(common.torch_predictor(model, torch.device("cpu")), va_files if not args.tiny else va_eval, pp,
                      anatomy=True)
     log(f"segmenter final (best epoch, all val ROIs): {final}")

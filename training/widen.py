@@ -1,34 +1,48 @@
-"""Function-preserving widening of the segmenter's full-resolution level (Net2Net-style, Chen et al. 2016).
+"""Function-preserving widening of the segmenter (Net2Net-style, Chen et al. 2016).
 
-The shipped U-Net's full-resolution level is 4 channels wide: training and held-out Dice agree (0.88 vs 0.87),
-so it underfits, and most of its error is a one-voxel disagreement at the boundary - the level that draws the
-boundary is the thin one. Widening it from a trained network keeps everything learned: the new channels
-start with random filters whose every consumer weight is zero, so the widened network computes exactly
-what the old one did, and training then grows the new channels from there.
+The session-13 U-Net was thin (4-8-16-32-64): training and held-out Dice agreed (0.88 vs 0.87), so it
+underfit, and most of its error was a one-voxel disagreement at the boundary. Widening it from a trained network keeps
+everything learned: the new channels start with random filters whose every consumer weight is zero, so the
+widened network computes exactly what the old one did, and training then grows the new channels from there.
 
-Measured (session 8, CPU): the shipped segmenter widened 4 -> 8 and trained 9 epochs x 120 steps (lr 3e-4,
-cosine) stayed at validation Dice 0.785-0.790 against 0.792 before, at 1.6x the step cost; not shipped. The
-boundary error needs a longer (GPU) schedule, not this width alone within a CPU session.
+Measured (session 8, CPU): the full-resolution level alone widened 4 -> 8 and trained 9 epochs x 120 steps
+(lr 3e-4, cosine) stayed at validation Dice 0.785-0.790 against 0.792 before, at 1.6x the step cost; not
+shipped. Session 17 widened every level (``spinert train segmenter --init CKPT --widths 8,16,32,64,128``)
+and shipped the result (stage 8, its card): training in channels-last 3-D (training.common.train_layout)
+made that network's step 0.37 s on 2 CPU cores, less than the thin one's 0.52 s in NCDHW.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from training.nets import AttentionUNet3D, UNetConfig
 
 
-def widen_level0(old: AttentionUNet3D, width: int, seed: int = 0) -> AttentionUNet3D:
-    """A copy of ``old`` whose full-resolution level has ``width`` >= its current channels, same outputs."""
-    w0 = old.cfg.widths[0]
-    if width < w0:
-        raise ValueError(f"width {width} is narrower than the level's {w0} channels")
-    if old.cfg.light_levels < 1:
-        raise ValueError("only a single-conv (light) full-resolution level is supported")
-    cfg = UNetConfig(**{**old.cfg.__dict__, "widths": [width] + list(old.cfg.widths[1:])})
+def widen(old: AttentionUNet3D, widths: list[int], seed: int = 0) -> AttentionUNet3D:
+    """A copy of ``old`` with every level at least as wide (``widths``, one per level), same outputs.
+
+    Each new channel is a producer with a fresh random filter (it reads the old channels, so it is live),
+    and every consumer reads it with zero weights: convolutions, transposed convolutions, attention gates
+    and heads alike. A decoder's first convolution reads ``cat([gated skip, upsampled])``, so its old
+    columns are copied segment by segment.
+    """
+    w_old, widths = list(old.cfg.widths), [int(w) for w in widths]
+    if len(widths) != len(w_old):
+        raise ValueError(f"widths {widths} have {len(widths)} levels, the network {len(w_old)}")
+    if any(n < o for n, o in zip(widths, w_old)):
+        raise ValueError(f"widths {widths} are narrower than the network's {w_old} somewhere")
+    cfg = UNetConfig(**{**old.cfg.__dict__, "widths": widths})
     torch.manual_seed(seed)
     new = AttentionUNet3D(cfg)
     src, dst = old.state_dict(), new.state_dict()
-    last = len(old.cfg.widths) - 2  # index of the decoder stage that returns to full resolution
+    n_lv, light = len(w_old), old.cfg.light_levels
+    # Decoder stage j returns to level n_lv - 2 - j; its first conv reads two blocks of that level's width.
+    cat = {}
+    for j in range(n_lv - 1):
+        lv = n_lv - 2 - j
+        cat[f"dec.{j}.0.weight" if lv < light else f"dec.{j}.0.0.weight"] = (w_old[lv], widths[lv])
 
     merged = {}
     for name, t in dst.items():
@@ -38,16 +52,17 @@ def widen_level0(old: AttentionUNet3D, width: int, seed: int = 0) -> AttentionUN
             continue
         m = t.clone()  # new channels keep the fresh initialisation as producers ...
         if name.startswith("up.") and name.endswith(".weight"):  # ConvTranspose3d weight: [in, out, ...]
+            m[s.shape[0]:] = 0.0  # ... but are read with zero weights: the output is unchanged
             m[:s.shape[0], :s.shape[1]] = s
-        elif t.dim() == 5 and name == f"dec.{last}.0.weight":  # reads cat([gated skip, upsampled gate])
-            m[:s.shape[0]] = 0.0
-            m[:s.shape[0], :w0] = s[:, :w0]
-            m[:s.shape[0], width:width + w0] = s[:, w0:]
-            m[:, w0:width] = 0.0
-            m[:, width + w0:] = 0.0
+        elif name in cat:
+            a, b = cat[name]
+            m[:, a:b] = 0.0
+            m[:, b + a:] = 0.0
+            m[:s.shape[0], :a] = s[:, :a]
+            m[:s.shape[0], b:b + a] = s[:, a:]
         elif t.dim() == 5:  # Conv3d weight: [out, in, ...]
+            m[:, s.shape[1]:] = 0.0
             m[:s.shape[0], :s.shape[1]] = s
-            m[:, s.shape[1]:] = 0.0  # ... but are read with zero weights: the output is unchanged
         else:  # per-channel vectors (bias, BatchNorm)
             m[:s.shape[0]] = s
         merged[name] = m
@@ -55,24 +70,59 @@ def widen_level0(old: AttentionUNet3D, width: int, seed: int = 0) -> AttentionUN
     return new
 
 
-def _level0_width(state: dict) -> int:
-    w = state.get("enc.0.0.weight")
-    if w is None or w.dim() != 5:
-        raise ValueError("not a light-level AttentionUNet3D state (no enc.0.0.weight)")
-    return int(w.shape[0])
+def state_widths(state: dict) -> list[int]:
+    """The level widths of an AttentionUNet3D state dict (each encoder block's first conv)."""
+    out, i = [], 0
+    while True:
+        w = state.get(f"enc.{i}.0.weight")
+        if w is None or w.dim() != 5:
+            w = state.get(f"enc.{i}.0.0.weight")
+        if w is None:
+            break
+        out.append(int(w.shape[0]))
+        i += 1
+    if not out:
+        raise ValueError("not an AttentionUNet3D state (no enc.0 convolution)")
+    return out
+
+
+def onnx_widths(path: Path) -> list[int] | None:
+    """The level widths of a shipped segmenter ONNX file, from the manifest.json beside it (the file's
+    graph names its weights by node, not by layer); None when no manifest entry lists the file."""
+    import json
+
+    man = Path(path).parent / "manifest.json"
+    if not man.is_file():
+        return None
+    for entry in json.loads(man.read_text()).get("models", {}).values():
+        if Path(path).name in entry.get("files", {}).values():
+            widths = entry.get("arch", {}).get("widths")
+            return [int(w) for w in widths] if widths else None
+    return None
+
+
+def init_widths(path) -> list[int] | None:
+    """The level widths of --init weights (a checkpoint or a shipped ONNX file); None if unknown."""
+    if Path(path).suffix == ".onnx":
+        return onnx_widths(path)
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return state_widths(ck["model"] if "model" in ck else ck)
+    except ValueError:
+        return None
 
 
 def load_init(model: AttentionUNet3D, path, log=print) -> None:
-    """Load --init weights into ``model``; a checkpoint with a narrower full-resolution level is widened first
-    (same outputs), so a wider network continues from a trained narrower one."""
+    """Load --init weights into ``model``; a checkpoint narrower at any level is widened first (same
+    outputs), so a wider network continues from a trained narrower one."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     state = ck["model"] if "model" in ck else ck
-    w_old, w_new = _level0_width(state), model.cfg.widths[0]
+    w_old, w_new = state_widths(state), list(model.cfg.widths)
     if w_old == w_new:
         model.load_state_dict(state)
         log(f"initialised from {path}")
         return
-    old = AttentionUNet3D(UNetConfig(**{**model.cfg.__dict__, "widths": [w_old] + list(model.cfg.widths[1:])}))
+    old = AttentionUNet3D(UNetConfig(**{**model.cfg.__dict__, "widths": w_old}))
     old.load_state_dict(state)
-    model.load_state_dict(widen_level0(old, w_new).state_dict())
-    log(f"initialised from {path}, full-resolution level widened {w_old} -> {w_new} channels (same outputs)")
+    model.load_state_dict(widen(old, w_new).state_dict())
+    log(f"initialised from {path}, widened {w_old} -> {w_new} channels (same outputs)")
