@@ -236,7 +236,7 @@ def train(args, log=print) -> dict:
     sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
     if init is not None and init.suffix == ".onnx":
         # A shipped file narrower than --widths is read back at its own widths, then widened (same outputs).
-        src = AttentionUNet3D(UNetConfig(widths=widen.onnx_widths(init) or widths))
+        src = AttentionUNet3D(UNetConfig(widths=old or widths))
         common.init_weights(src, args, log, lambda: init_batches(tr_files, pp, args.seed, patch, sampling, batch))
         if src.cfg.widths != widths:
             model = widen.widen(src, widths)
