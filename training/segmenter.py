@@ -232,19 +232,14 @@ def train(args, log=print) -> dict:
         f"{len(va_files)} val ROIs ({len(va_ids)} cases, {len(va_eval)} evaluated), widths {widths}, patch "
         f"{patch}^3, batch {batch}, {epochs}x{steps} steps on {device}")
 
-    model = AttentionUNet3D(UNetConfig(widths=widths))
     sampling = {"cut_p": 0.0, "patch_on_mask_p": 0.0} if args.tiny else dict(SAMPLING)
-    if init is not None and init.suffix == ".onnx":
-        # A shipped file narrower than --widths is read back at its own widths, then widened (same outputs).
-        src = AttentionUNet3D(UNetConfig(widths=old or widths))
-        common.init_weights(src, args, log, lambda: init_batches(tr_files, pp, args.seed, patch, sampling, batch))
-        if src.cfg.widths != widths:
-            model = widen.widen(src, widths)
-            log(f"widened {src.cfg.widths} -> {widths} channels (same outputs)")
-        else:
-            model = src
-    elif init is not None:
-        widen.load_init(model, init, log)
+    # --init weights (a checkpoint or a shipped ONNX file) narrower than --widths are read back at their own
+    # widths, then widened (same outputs).
+    model = AttentionUNet3D(UNetConfig(widths=old or widths))
+    common.init_weights(model, args, log, lambda: init_batches(tr_files, pp, args.seed, patch, sampling, batch))
+    if model.cfg.widths != widths:
+        log(f"widened {model.cfg.widths} -> {widths} channels (same outputs)")
+        model = widen.widen(model, widths)
     model = common.train_layout(model, device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr or 1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=(args.lr or 1e-3) * 0.05)

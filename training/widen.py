@@ -110,19 +110,3 @@ def init_widths(path) -> list[int] | None:
         return state_widths(ck["model"] if "model" in ck else ck)
     except ValueError:
         return None
-
-
-def load_init(model: AttentionUNet3D, path, log=print) -> None:
-    """Load --init weights into ``model``; a checkpoint narrower at any level is widened first (same
-    outputs), so a wider network continues from a trained narrower one."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    state = ck["model"] if "model" in ck else ck
-    w_old, w_new = state_widths(state), list(model.cfg.widths)
-    if w_old == w_new:
-        model.load_state_dict(state)
-        log(f"initialised from {path}")
-        return
-    old = AttentionUNet3D(UNetConfig(**{**model.cfg.__dict__, "widths": w_old}))
-    old.load_state_dict(state)
-    model.load_state_dict(widen(old, w_new).state_dict())
-    log(f"initialised from {path}, widened {w_old} -> {w_new} channels (same outputs)")
