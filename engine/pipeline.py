@@ -18,9 +18,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from engine import labels as L
-from engine.chain import (ChainParams, close_pairs, end_centres, is_split, join_halves, missed_centres,
-                          same_vertebra_beyond_ends,
-                          off_chain)
+from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres,
+                          off_chain, one_level_down, sacral_piece, same_vertebra_beyond_ends)
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
@@ -333,10 +332,16 @@ class Cascade:
         cut = _cut(seg.boxes, iso.shape[0])
         slab = cut & (seg.voxels < np.median(seg.voxels)) if len(seg.voxels) else cut
         sacrum = np.flatnonzero((labs == L.SACRUM) & ~slab) if cfg.segment.regrow_rounds > 0 else []
+        joined = 0
         if len(sacrum):
             with clock.stage("recover"):
                 seg = regrow(seg, self.sessions["segmenter"], iso, sacrum, self.specs["segmenter"].preprocess,
                              self.spacing, cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
+                seg, probs, labs, conf, joined = self._join_sacral_piece(seg, probs, labs, conf, info, int(sacrum[0]))
+        if joined:
+            warnings.append(f"the sacrum's top was segmented apart as {L.name(joined)} and joined to it; the "
+                            f"labels above it moved one level down")
+        result.info["sacral_piece"] = int(joined > 0)
         result.info["recovered"] = len(seg.recovered)
         result.info["regrown"] = len(sacrum)
         if info.get("ribs") is not None:  # how many vertebrae the rib cue marked (engine.ribs)
@@ -346,6 +351,30 @@ class Cascade:
             if info.get("warnings"):
                 warnings.extend(info["warnings"])
         return self._finish(result, clock)
+
+    def _join_sacral_piece(self, seg, probs, labs, conf, info, s: int):
+        """The recovered vertebra right above the regrown sacrum ``s`` joins it when it is the sacrum's top
+        (engine.chain.sacral_piece); the labels above it then move one level down. The last item is the
+        joined vertebra's old label (0: none joined)."""
+        sp = self.spacing
+        j = above(seg.centers_kji, labs, s)
+        if j is None or seg.boxes[j] is None or seg.boxes[s] is None:
+            return seg, probs, labs, conf, 0
+        face = interface(seg.owner, s, j, seg.boxes[s], seg.boxes[j]) * sp ** 2
+        if not sacral_piece(seg.centers_kji, labs, s, seg.recovered, face, float(seg.voxels[j]) * sp ** 3,
+                            self.config.chain):
+            return seg, probs, labs, conf, 0
+        up = np.flatnonzero((labs > 0) & (seg.centers_kji[:, 0] < seg.centers_kji[j, 0]))
+        moved = one_level_down(labs[up])
+        if moved is None:
+            return seg, probs, labs, conf, 0
+        old = int(labs[j])
+        labs = labs.copy()
+        labs[up] = moved
+        keep = np.setdiff1d(np.arange(len(labs)), [j])
+        if info.get("ribs") is not None:
+            info["ribs"] = info["ribs"][keep]
+        return merge(seg, [(s, j)]), probs[keep], labs[keep], conf[keep], old
 
     def _merge_splits(self, seg) -> tuple[Any, int]:
         """One vertebra segmented as two halves (engine.chain.close_pairs / is_split) becomes one."""

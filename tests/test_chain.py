@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import pipeline_synth as ps
-from engine.chain import ChainParams, close_pairs, end_centres, is_split, join_halves, missed_centres, off_chain
+from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres, off_chain,
+                          one_level_down, sacral_piece)
 from engine.label import decode_labels
 from engine.labels import IDS
 from engine.pipeline import Cascade
@@ -314,6 +315,28 @@ def test_is_split_needs_a_cross_section_and_a_vertebra_sized_union():
     assert not is_split(300.0, 19_000.0, 21_000.0, v)  # facets only: two vertebrae
     assert not is_split(2900.0, 40_000.0, 41_000.0, v)  # together twice a vertebra: two vertebrae
     assert not is_split(750.0, 23_000.0, 40_000.0, 73_000.0)  # a phantom's FOV-cut end piece next to its neighbour
+
+
+def test_a_recovered_piece_meeting_the_sacrum_over_cross_sections_is_its_top():
+    # Canonical k runs to the feet: L4, "L5" (recovered, index 2 of 3), the sacrum below it.
+    ctr = np.array([[10.0, 0, 0], [40.0, 0, 0], [70.0, 0, 0], [110.0, 0, 0]])
+    labs = np.array([22, 23, 24, 26])
+    v = 45_000.0  # mm^3; (v)^(2/3) = 1266 mm^2
+    assert above(ctr, labs, 3) == 2 and above(ctr, labs, 0) is None
+    assert above(ctr, np.array([22, 23, 0, 26]), 3) == 1  # a dropped candidate is no neighbour
+    assert sacral_piece(ctr, labs, 3, [2], 5400.0, v)  # held-out hard-100104: S1 segmented apart, 4.3x
+    assert not sacral_piece(ctr, labs, 3, [2], 1800.0, v)  # the real abdomen's L5 over its disc: 1.45x
+    assert not sacral_piece(ctr, labs, 3, [0], 5400.0, v)  # a detected L5 stays a vertebra
+    assert not sacral_piece(ctr, labs, 3, [2], 5400.0, v, ChainParams(sacral_piece_interface=0.0))  # the switch
+    with pytest.raises(ValueError):
+        ChainParams(sacral_piece_interface=-1.0)
+
+
+def test_one_level_down_moves_each_label_towards_the_sacrum():
+    assert one_level_down([IDS["T12"], IDS["L3"], IDS["L4"]]).tolist() == [IDS["L1"], IDS["L4"], IDS["L5"]]
+    assert one_level_down([IDS["C7"]]).tolist() == [IDS["T1"]]
+    assert one_level_down([IDS["L6"], IDS["L4"]]) is None  # transitional: counted through it or not is unknown
+    assert one_level_down([IDS["S"]]) is not None and one_level_down([27]) is None
 
 
 def test_interface_and_merge_make_one_vertebra_of_two_halves():

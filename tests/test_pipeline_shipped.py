@@ -137,11 +137,13 @@ def test_nothing_is_looked_for_beyond_a_loose_piece_at_the_scans_face(hard_10010
     assert len(res.vertebrae) <= 4  # the piece, at most: nothing above it
 
 
-@pytest.mark.xfail(strict=True, reason="session 17: two of the three detected candidates' masks merge as duplicates "
-                   "with the wider segmenter, and recovery then keeps S1 above the sacrum as one more vertebra, "
-                   "so the labels sit one level high (evaluation/results/2026-12-01-s17/README.md)")
 def test_loose_piece_phantom_l4_is_found(hard_100104):
-    """A vertebra labelled L4 within 20 mm of the truth L4 (session 16)."""
+    """A vertebra labelled L4 within 20 mm of the truth L4 (session 16). Since session 17 the recovery
+    segments S1 apart above a sacrum that still lacks it, as one more "L5"; once the sacrum is regrown it
+    joins it (engine.chain.sacral_piece) and the labels above move back down."""
     res, truth = hard_100104
     l4 = [v for v in res.vertebrae if v.label == L.IDS["L4"]]
     assert l4 and np.linalg.norm(np.asarray(l4[0].center_lps) - truth[L.IDS["L4"]]) < 20.0
+    assert res.info["sacral_piece"] == 1 and [v.name for v in res.vertebrae] == ["L4", "L5", "S"]
+    s = [v for v in res.vertebrae if v.label == L.SACRUM][0]
+    assert np.linalg.norm(np.asarray(s.center_lps) - truth[L.SACRUM]) < 10.0
