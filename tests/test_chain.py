@@ -51,8 +51,22 @@ def test_strays_beside_the_sacrum_do_not_outvote_it():
     c = np.array([[11.3, 154.3, 114.5], [11.4, 153.6, 136.0], [37.5, 158.0, 125.2], [75.5, 126.9, 35.4],
                   [94.2, 178.2, 125.3], [122.6, 180.3, 45.5]])
     assert off_chain(c).tolist() == [False, False, False, True, False, True]
-    # The old rule (the 60 mm window alone) dropped the sacrum and kept the hip.
-    assert off_chain(c, ChainParams(min_neighbours=1)).tolist() == [False, False, False, True, True, False]
+    # The old rule (the 60 mm window alone) dropped the sacrum and kept the hip; the chain's path keeps it.
+    assert off_chain(c, ChainParams(min_neighbours=1, path_slope=-1)).tolist() == [False, False, False, True, True, False]
+    assert not off_chain(c, ChainParams(min_neighbours=1))[4]
+
+
+def test_a_spine_outnumbered_by_strays_stays_on_the_chain():
+    # New-hard phantom 300001's candidates (mm, canonical k, j, i): bone at 58 HU under 120 HU noise, so
+    # C1-C4 and 5 of T1-T10 were found, and 5 boxes 100 mm in front of the thoracic ones (j ~ 20).
+    c = np.array([[15.5, 114.6, 199.0], [26.5, 109.8, 176.5], [34.5, 119.1, 190.5], [108.9, 115.0, 187.7],
+                  [130.4, 121.6, 189.8], [144.3, 123.9, 183.0], [144.7, 17.7, 188.3], [159.8, 17.7, 149.0],
+                  [162.0, 132.6, 188.6], [163.5, 19.1, 229.3], [182.8, 22.3, 227.4], [200.4, 141.6, 175.0],
+                  [201.5, 25.5, 227.3], [265.1, 144.2, 195.7]])
+    front = c[:, 1] < 50
+    assert off_chain(c).tolist() == front.tolist()
+    # The median alone followed the boxes in front and dropped every thoracic vertebra (session 17).
+    assert off_chain(c, ChainParams(path_slope=-1))[~front].sum() == 5
 
 
 def test_off_chain_short_lists_and_switch():
@@ -64,6 +78,8 @@ def test_off_chain_short_lists_and_switch():
         ChainParams(window_mm=0)
     with pytest.raises(ValueError):
         ChainParams(min_neighbours=0)
+    with pytest.raises(ValueError):
+        ChainParams(path_slack_mm=-1.0)
 
 
 def test_missed_centres_are_spaced_along_the_chord():
