@@ -201,15 +201,13 @@ def is_split(interface_mm2: float, volume_a_mm3: float, volume_b_mm3: float, med
             and volume_a_mm3 + volume_b_mm3 < p.split_max_volume * median_volume_mm3)
 
 
-def sacral_piece(centers: np.ndarray, labels, sacrum: int, recovered, interface_mm2: float,
-                 volume_mm3: float, params: ChainParams | None = None) -> bool:
-    """Whether the vertebra right above ``sacrum`` (index into ``centers``/``labels``, canonical k along the
-    spine) is the sacrum's top segmented apart: it was recovered by the chain logic (``recovered``: indices),
-    not detected, and its mask meets the sacrum's over ``interface_mm2`` above ``sacral_piece_interface``
-    x ``volume_mm3`` ** (2/3)."""
+def is_sacral_piece(interface_mm2: float, volume_mm3: float, recovered: bool,
+                    params: ChainParams | None = None) -> bool:
+    """Whether the vertebra right above the regrown sacrum (``above``) is the sacrum's top segmented apart:
+    the chain logic recovered it (the detector did not find it), and its mask meets the sacrum's over
+    ``interface_mm2`` above ``sacral_piece_interface`` x ``volume_mm3`` ** (2/3)."""
     p = params or ChainParams()
-    j = above(centers, labels, sacrum)
-    return (p.sacral_piece_interface > 0 and j is not None and j in set(int(r) for r in recovered)
+    return (p.sacral_piece_interface > 0 and recovered
             and interface_mm2 > p.sacral_piece_interface * volume_mm3 ** (2.0 / 3.0))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from engine import labels as L
 from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres,
-                          off_chain, one_level_down, sacral_piece, same_vertebra_beyond_ends)
+                          is_sacral_piece, off_chain, one_level_down, same_vertebra_beyond_ends)
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
@@ -354,15 +354,14 @@ class Cascade:
 
     def _join_sacral_piece(self, seg, probs, labs, conf, info, s: int):
         """The recovered vertebra right above the regrown sacrum ``s`` joins it when it is the sacrum's top
-        (engine.chain.sacral_piece); the labels above it then move one level down. The last item is the
+        (engine.chain.is_sacral_piece); the labels above it then move one level down. The last item is the
         joined vertebra's old label (0: none joined)."""
         sp = self.spacing
         j = above(seg.centers_kji, labs, s)
         if j is None or seg.boxes[j] is None or seg.boxes[s] is None:
             return seg, probs, labs, conf, 0
         face = interface(seg.owner, s, j, seg.boxes[s], seg.boxes[j]) * sp ** 2
-        if not sacral_piece(seg.centers_kji, labs, s, seg.recovered, face, float(seg.voxels[j]) * sp ** 3,
-                            self.config.chain):
+        if not is_sacral_piece(face, float(seg.voxels[j]) * sp ** 3, j in seg.recovered, self.config.chain):
             return seg, probs, labs, conf, 0
         up = np.flatnonzero((labs > 0) & (seg.centers_kji[:, 0] < seg.centers_kji[j, 0]))
         moved = one_level_down(labs[up])

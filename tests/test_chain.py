@@ -7,7 +7,7 @@ import pytest
 
 import pipeline_synth as ps
 from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres, off_chain,
-                          one_level_down, sacral_piece)
+                          is_sacral_piece, one_level_down)
 from engine.label import decode_labels
 from engine.labels import IDS
 from engine.pipeline import Cascade
@@ -340,10 +340,10 @@ def test_a_recovered_piece_meeting_the_sacrum_over_cross_sections_is_its_top():
     v = 45_000.0  # mm^3; (v)^(2/3) = 1266 mm^2
     assert above(ctr, labs, 3) == 2 and above(ctr, labs, 0) is None
     assert above(ctr, np.array([22, 23, 0, 26]), 3) == 1  # a dropped candidate is no neighbour
-    assert sacral_piece(ctr, labs, 3, [2], 5400.0, v)  # held-out hard-100104: S1 segmented apart, 4.3x
-    assert not sacral_piece(ctr, labs, 3, [2], 1800.0, v)  # the real abdomen's L5 over its disc: 1.45x
-    assert not sacral_piece(ctr, labs, 3, [0], 5400.0, v)  # a detected L5 stays a vertebra
-    assert not sacral_piece(ctr, labs, 3, [2], 5400.0, v, ChainParams(sacral_piece_interface=0.0))  # the switch
+    assert is_sacral_piece(5400.0, v, True)  # held-out hard-100104: S1 segmented apart, 4.3x
+    assert not is_sacral_piece(1800.0, v, True)  # the real abdomen's L5 over its disc: 1.45x
+    assert not is_sacral_piece(5400.0, v, False)  # a detected L5 stays a vertebra
+    assert not is_sacral_piece(5400.0, v, True, ChainParams(sacral_piece_interface=0.0))  # the switch
     with pytest.raises(ValueError):
         ChainParams(sacral_piece_interface=-1.0)
 

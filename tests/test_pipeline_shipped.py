@@ -140,7 +140,7 @@ def test_nothing_is_looked_for_beyond_a_loose_piece_at_the_scans_face(hard_10010
 def test_loose_piece_phantom_l4_is_found(hard_100104):
     """A vertebra labelled L4 within 20 mm of the truth L4 (session 16). Since session 17 the recovery
     segments S1 apart above a sacrum that still lacks it, as one more "L5"; once the sacrum is regrown it
-    joins it (engine.chain.sacral_piece) and the labels above move back down."""
+    joins it (engine.chain.is_sacral_piece) and the labels above move back down."""
     res, truth = hard_100104
     l4 = [v for v in res.vertebrae if v.label == L.IDS["L4"]]
     assert l4 and np.linalg.norm(np.asarray(l4[0].center_lps) - truth[L.IDS["L4"]]) < 20.0
