@@ -89,12 +89,11 @@ def state_widths(state: dict) -> list[int]:
 def onnx_widths(path: Path) -> list[int] | None:
     """The level widths of a shipped segmenter ONNX file, from the manifest.json beside it (the file's
     graph names its weights by node, not by layer); None when no manifest entry lists the file."""
-    import json
+    from engine.models import read_manifest
 
-    man = Path(path).parent / "manifest.json"
-    if not man.is_file():
+    if not (Path(path).parent / "manifest.json").is_file():
         return None
-    for entry in json.loads(man.read_text()).get("models", {}).values():
+    for entry in read_manifest(Path(path).parent)["models"].values():
         if Path(path).name in entry.get("files", {}).values():
             widths = entry.get("arch", {}).get("widths")
             return [int(w) for w in widths] if widths else None
