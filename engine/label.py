@@ -96,7 +96,8 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
     the vertebra above can sit below the first body), 0 for the others. ``volumes``: (N,) mask volumes
     and ``cut``: (N,) whether the field of view cuts each (a small one it does not cut may be decoded
     as no vertebra: label 0, listed in info["dropped"]). ``ribs``: (N,) int, the rib cue of each
-    (engine.ribs.rib_evidence: 1 a rib seen, 0 none where one would show, -1 unknown).
+    (engine.ribs.rib_evidence: 1 a rib seen, 0 none where one would show, 2 the ilium beside it, -1
+    unknown).
     """
     from engine import labels as L
     from engine.sequence import decode_sequence

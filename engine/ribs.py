@@ -19,6 +19,11 @@ phantom with osteoporotic ribs showed one rib at 200 HU and read "no rib" on nin
 until absence was checked at 120 HU (presence and absence with two thresholds, like a hysteresis).
 ``rib-cue/`` in the results folder above has the counts per level.
 
+The same touching bone marks the sacrum: the ilium flanks it, past ``ilium_far_mm`` sideways, on nearly
+all its levels, where ribs are a few oblique bars (ILIUM, ``ilium_share``). That is the sacrum anchor
+that does not come from the labeller: the phantom-trained labellers read the real sacrum's shape as L5
+or L6 (session 18).
+
 This runs on the host on a 2 mm grid (``stride``): a few small boxes per vertebra, no full-volume pass.
 """
 from __future__ import annotations
@@ -48,9 +53,50 @@ class RibParams:
     faint_hu: float = 120.0  # ... even with this bone threshold
     room_mm: float = 70.0  # ... with this much field of view on both sides of the vertebra's centre
     whole_ratio: float = 0.5  # ... a mask at least this share of the median one (for "rib" too), not cut
+    # The ilium beside a whole vertebra (ILIUM): touching bone past ``ilium_far_mm`` sideways on at least
+    # ``ilium_rows`` of its levels, looking ``ilium_half_mm`` out, with ``ilium_room_mm`` of field of view
+    # on both sides. On ground-truth masks (evaluation/results/2026-12-02-s19): 0.84-1.0 on 13 whole sacra
+    # (the real one 1.0), 0.0-0.19 on 96 L1-L5, 0.23-0.6 on rib-bearing T10-T12 but for three with the
+    # field of view 55-70 mm from the spine on one side (0.97-1.0: ribs of one side alone). Dense rib fans
+    # fill the rows too (new hard phantom 300028: 9 of T2-T12), so the decoder weighs ILIUM as
+    # "sacrum, or thoracic", never as lumbar (engine.sequence.SequenceParams.ilium_likelihood).
+    ilium_far_mm: float = 60.0
+    ilium_half_mm: float = 150.0
+    ilium_rows: float = 0.8
+    ilium_room_mm: float = 80.0
 
 
-RIBS, NO_RIBS, UNKNOWN = 1, 0, -1  # rib_evidence codes (engine.sequence.decode_sequence's ``ribs``)
+RIBS, NO_RIBS, UNKNOWN, ILIUM = 1, 0, -1, 2  # rib_evidence codes (engine.sequence.decode_sequence's ``ribs``)
+
+
+def _touching(iso, owner, n: int, c: np.ndarray, box, half_i: int, hu, spacing: float, p: "RibParams"):
+    """Bone above each threshold in ``hu`` that touches vertebra ``n``'s mask and no mask holds, in its slab
+    (its own levels, ``j_front_mm`` / ``j_back_mm`` around its centre, ``half_i`` voxels to either side) on
+    the ``p.stride`` grid: (lo, [bool grid per threshold]), or None when the slab is empty."""
+    from scipy import ndimage
+
+    s = max(1, int(p.stride))
+    shape = np.asarray(owner.shape)
+    _, cj, ci = np.round(c).astype(int)
+    lo = np.array([box[0].start - s, cj - int(p.j_front_mm / spacing), ci - half_i])
+    hi = np.array([box[0].stop + s, cj + int(p.j_back_mm / spacing) + 1, ci + half_i + 1])
+    lo, hi = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
+    if np.any(hi <= lo):
+        return None
+    win = tuple(slice(int(a), int(b), s) for a, b in zip(lo, hi))
+    ow = to_numpy(owner[win])
+    ct = to_numpy(iso[win])
+    cube = np.ones((3, 3, 3), dtype=bool)
+    near = ndimage.binary_dilation(ow == n + 1, structure=cube)
+    min_vox = max(1, int(round(p.min_piece_mm3 / (spacing * s) ** 3)))
+    out = []
+    for thr in hu:
+        pieces, count = ndimage.label((ct > thr) & (ow == 0), structure=cube)
+        hit = np.unique(pieces[near & (pieces > 0)])
+        if hit.size:
+            hit = hit[np.bincount(pieces.ravel(), minlength=count + 1)[hit] >= min_vox]
+        out.append(np.isin(pieces, hit) if hit.size else np.zeros(pieces.shape, dtype=bool))
+    return lo, out
 
 
 def rib_reach(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
@@ -60,45 +106,50 @@ def rib_reach(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
     nothing touches it. ``owner``: label volume (vertebra n is ``n + 1``), ``boxes``: each mask's box.
     ``bone_hu``: the bone threshold (default ``params.bone_hu``); a sequence of T thresholds gives (N, T)
     from one pass over the windows."""
-    from scipy import ndimage
-
     p = params or RibParams()
     hu = np.atleast_1d(np.asarray(p.bone_hu if bone_hu is None else bone_hu, dtype=np.float64))
     s = max(1, int(p.stride))
     centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
     out = np.zeros((len(centers), hu.size))
-    shape = np.asarray(owner.shape)
     half_i = int(np.ceil(p.reach_mm / spacing)) + 2 * s
-    cube = np.ones((3, 3, 3), dtype=bool)
-    min_vox = max(1, int(round(p.min_piece_mm3 / (spacing * s) ** 3)))
     for n, (c, box) in enumerate(zip(centers, boxes)):
-        if box is None:
+        got = None if box is None else _touching(iso, owner, n, c, box, half_i, hu, spacing, p)
+        if got is None:
             continue
-        _, cj, ci = np.round(c).astype(int)
-        lo = np.array([box[0].start - s, cj - int(p.j_front_mm / spacing), ci - half_i])
-        hi = np.array([box[0].stop + s, cj + int(p.j_back_mm / spacing) + 1, ci + half_i + 1])
-        lo, hi = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
-        if np.any(hi <= lo):
-            continue
-        win = tuple(slice(int(a), int(b), s) for a, b in zip(lo, hi))
-        ow = to_numpy(owner[win])
-        ct = to_numpy(iso[win])
-        near = ndimage.binary_dilation(ow == n + 1, structure=cube)
-        for t, thr in enumerate(hu):
-            pieces, count = ndimage.label((ct > thr) & (ow == 0), structure=cube)
-            hit = np.unique(pieces[near & (pieces > 0)])
-            if hit.size:
-                hit = hit[np.bincount(pieces.ravel(), minlength=count + 1)[hit] >= min_vox]
-            if hit.size == 0:
-                continue
-            cols = np.flatnonzero(np.isin(pieces, hit).any(axis=(0, 1)))  # grid columns along i with rib bone
-            out[n, t] = float(np.abs((lo[2] + cols * s - c[2]) * spacing).max())
+        lo, bone = got
+        for t, sel in enumerate(bone):
+            cols = np.flatnonzero(sel.any(axis=(0, 1)))  # grid columns along i with rib bone
+            if cols.size:
+                out[n, t] = float(np.abs((lo[2] + cols * s - c[2]) * spacing).max())
     return out[:, 0] if np.ndim(p.bone_hu if bone_hu is None else bone_hu) == 0 else out
+
+
+def ilium_share(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
+                params: RibParams | None = None, which=None) -> np.ndarray:
+    """(N,) share of each vertebra's levels (grid rows along k) where bone touching its mask and held by no
+    mask lies more than ``params.ilium_far_mm`` to the side, looking ``ilium_half_mm`` out: the ilium,
+    which flanks the sacrum over its whole height, fills ~1; ribs, a few oblique bars, 0.2-0.6.
+    ``which``: (N,) bool, the vertebrae to measure (0 for the others)."""
+    p = params or RibParams()
+    s = max(1, int(p.stride))
+    centers = np.asarray(centers_kji, dtype=np.float64).reshape(-1, 3)
+    out = np.zeros(len(centers))
+    half_i = int(np.ceil(p.ilium_half_mm / spacing))
+    todo = np.ones(len(centers), dtype=bool) if which is None else np.asarray(which, dtype=bool).reshape(-1)
+    for n, (c, box) in enumerate(zip(centers, boxes)):
+        got = None if box is None or not todo[n] else _touching(iso, owner, n, c, box, half_i, (p.bone_hu,), spacing, p)
+        if got is None:
+            continue
+        lo, (sel,) = got
+        far = np.abs((lo[2] + np.arange(sel.shape[2]) * s - c[2]) * spacing) > p.ilium_far_mm
+        out[n] = float(sel[:, :, far].any(axis=(1, 2)).mean())
+    return out
 
 
 def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, cut, spacing: float,
                  params: RibParams | None = None) -> np.ndarray:
-    """(N,) int8 per vertebra: RIBS (a rib touches it), NO_RIBS (none where one would show) or UNKNOWN.
+    """(N,) int8 per vertebra: RIBS (a rib touches it), NO_RIBS (none where one would show), ILIUM (the
+    ilium flanks it: a sacrum, whatever a labeller reads in its shape) or UNKNOWN.
     ``voxels``: mask sizes; ``cut``: (N,) bool, the field of view cuts the mask along the spine (the
     decoder's own flags, engine.pipeline)."""
     p = params or RibParams()
@@ -123,4 +174,7 @@ def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, cut, spacin
     room = np.minimum(centers[:, 2], width - 1 - centers[:, 2]) * spacing
     clear = big & ~seen & ~cut & (room >= p.room_mm) & (reach_faint < p.none_mm)
     out[clear] = NO_RIBS
+    wide = big & seen & (room >= p.ilium_room_mm)  # the ilium reaches past reach_mm: it is "seen" first
+    if wide.any():
+        out[wide & (ilium_share(iso, owner, centers, boxes, spacing, p, which=wide) >= p.ilium_rows)] = ILIUM
     return out

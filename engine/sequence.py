@@ -12,9 +12,9 @@ top to bottom, we decode labels that strictly follow ``engine.labels.CRANIOCAUDA
 * transitional T13 (28, between T12 and L1) and L6 (25, between L5 and S) at a low prior, so they are
   used only when the scores support them;
 * partial field of view: the sequence may start and end at any level;
-* the rib cue (``engine.ribs``): a rib seen touching a candidate, or none where one would show, adds
-  log P(observation | level) to each level's emission (``SequenceParams.rib_likelihood``,
-  ``no_rib_likelihood``).
+* the rib cue (``engine.ribs``): a rib seen touching a candidate, none where one would show, or the
+  ilium beside it adds log P(observation | level) to each level's emission
+  (``SequenceParams.rib_likelihood``, ``no_rib_likelihood``, ``ilium_likelihood``).
 
 Expected centre distances are population values scaled per patient: a first pass decodes with scale 1,
 the scale is re-estimated as the median of observed / expected distances, and a second pass decodes
@@ -112,23 +112,39 @@ class SequenceParams:
     # P(observation | level) of the rib cue (engine.ribs.rib_evidence), measured on 48 phantoms' cascade
     # masks (training seeds 0-19, 30-37, 72-91; 472 candidates; evaluation/results/2026-12-01-s15/rib-cue).
     # A rib seen: 0/103 cervical, 3/15 T1 (its short first rib curves away inside the slab), 185/232
-    # T2-T11, 16/24 T12, 0/71 L1-L4, 2/12 L5 (an iliac crest), 11/11 sacrum (the ilium). No rib where
-    # one would show: 51/103 cervical, 4/15 T1, 0/256 T2-T12, 20/83 lumbar. Rounded towards 0.5 where
-    # samples are few and for real anatomy: lumbar and cervical ribs are ~1 % each, and ~5 % of people
-    # have 11 rib pairs or a 12th rib too short to show (T12 and T13 "no rib" 0.06; the phantoms draw 11
-    # pairs at 2 %, hard 8 %). "Unknown" carries no likelihood.
+    # T2-T11, 16/24 T12, 0/71 L1-L4, 2/12 L5 (an iliac crest), 11/11 sacrum (the ilium; since session 19
+    # its own code, ``ilium_likelihood``, and 2/19 sacra still read "rib"). No rib where one would show:
+    # 51/103 cervical, 4/15 T1, 0/256 T2-T12, 20/83 lumbar. Rounded towards 0.5 where samples are few
+    # and for real anatomy: lumbar and cervical ribs are ~1 % each, and ~5 % of people have 11 rib pairs
+    # or a 12th rib too short to show (T12 and T13 "no rib" 0.06; the phantoms draw 11 pairs at 2 %, hard
+    # 8 %). "Unknown" carries no likelihood.
     rib_likelihood: dict[int, float] = field(default_factory=lambda: dict(RIB_LIKELIHOOD))
     no_rib_likelihood: dict[int, float] = field(default_factory=lambda: dict(NO_RIB_LIKELIHOOD))
+    # P(ilium beside it | level) (engine.ribs.ILIUM). On ground-truth masks of 16 spines (7 held-out, 6
+    # validation phantoms, the real abdomen CT; evaluation/results/2026-12-02-s19/ilium-cue): 12/13 whole
+    # sacra (the 13th has 69 mm of field of view on one side, under ``RibParams.ilium_room_mm``), 0/96
+    # L1-L5, 0/16 T10-T12. Through the cascade (all 85 evaluation cases, ibid.): 15/19 sacra, 0/28 L5-L6,
+    # 1/148 L1-L4, 0/168 cervical, but 45/481 thoracic: dense rib fans fill the rows too (new hard phantom
+    # 300028: 9 of T2-T12; 0.01 there moved 6 of them off their level). Lumbar and cervical get 0.01, not
+    # 0: a real pelvis may differ. The ratio to L5 / L6 must outweigh the labeller: the phantom-trained
+    # labellers read the real sacrum as L5 or L6, and the session-18 labeller gives the real abdomen's
+    # first sacrum mask P(S) 0.07 against L6 0.54 (S at 0.7 or L5 / L6 at 0.05 leave it "L5").
+    ilium_likelihood: dict[int, float] = field(default_factory=lambda: dict(ILIUM_LIKELIHOOD))
 
 
 # See SequenceParams.rib_likelihood. T13 carries ribs like T12; L6 sits by the iliac crests like L5.
 RIB_LIKELIHOOD: dict[int, float] = {
     **{c: 0.01 for c in range(1, 7)}, 7: 0.03, 8: 0.2, **{t: 0.8 for t in range(9, 19)}, 19: 0.65, 28: 0.65,
-    **{lv: 0.03 for lv in range(20, 24)}, 24: 0.15, 25: 0.1, 26: 0.95, 27: 0.5,
+    **{lv: 0.03 for lv in range(20, 24)}, 24: 0.15, 25: 0.1, 26: 0.15, 27: 0.5,
 }
 NO_RIB_LIKELIHOOD: dict[int, float] = {
     **{c: 0.5 for c in range(1, 8)}, 8: 0.3, **{t: 0.02 for t in range(9, 19)}, 19: 0.06, 28: 0.06,
     **{lv: 0.25 for lv in range(20, 26)}, 26: 0.02, 27: 0.5,
+}
+# See SequenceParams.ilium_likelihood (thoracic 0.1: rib fans that fill the window).
+ILIUM_LIKELIHOOD: dict[int, float] = {
+    **{c: 0.01 for c in range(1, 8)}, **{t: 0.1 for t in range(8, 20)}, 28: 0.1,
+    **{lv: 0.01 for lv in range(20, 26)}, 26: 0.8, 27: 0.5,
 }
 
 
@@ -362,7 +378,8 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
 
     ribs: (N,) int, the rib cue (``engine.ribs.rib_evidence``): 1, a rib seen touching the candidate,
     adds log ``params.rib_likelihood`` to its emissions; 0, no rib where one would show, adds log
-    ``params.no_rib_likelihood``; -1 (unknown) adds nothing.
+    ``params.no_rib_likelihood``; 2, the ilium beside it, adds log ``params.ilium_likelihood``; -1
+    (unknown) adds nothing.
     """
     p = params or SequenceParams()
     S = np.asarray(to_numpy(scores), dtype=np.float64)
@@ -389,9 +406,9 @@ def decode_sequence(scores, classes, centers_mm, params: SequenceParams | None =
     E[part] = 0.0
     if ribs is not None:
         rb = np.asarray(to_numpy(ribs)).reshape(-1).astype(np.int64)
-        if rb.shape != (n,) or not np.isin(rb, (-1, 0, 1)).all():
-            raise ValueError(f"ribs must be ({n},) codes -1 / 0 / 1, got shape {rb.shape}")
-        for code, table in ((1, p.rib_likelihood), (0, p.no_rib_likelihood)):
+        if rb.shape != (n,) or not np.isin(rb, (-1, 0, 1, 2)).all():
+            raise ValueError(f"ribs must be ({n},) codes -1 / 0 / 1 / 2, got shape {rb.shape}")
+        for code, table in ((1, p.rib_likelihood), (0, p.no_rib_likelihood), (2, p.ilium_likelihood)):
             like = np.log(np.clip([table.get(int(st), 0.5) for st in _STATES], 1e-6, 1.0))
             E[rb == code] += like[None, :]
     v = None if volumes is None else np.asarray(to_numpy(volumes), dtype=np.float64).reshape(-1)

@@ -6,7 +6,7 @@ import pytest
 
 from engine.label import decode_labels
 from engine.labels import IDS, NAMES
-from engine.ribs import NO_RIBS, RIBS, UNKNOWN, RibParams, rib_evidence, rib_reach
+from engine.ribs import ILIUM, NO_RIBS, RIBS, UNKNOWN, RibParams, ilium_share, rib_evidence, rib_reach
 from spinert.paths import real_data_dir
 
 REAL = real_data_dir()
@@ -71,6 +71,44 @@ def test_no_rib_counts_only_where_one_would_show():
     assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [RIBS, RIBS, UNKNOWN, NO_RIBS]
 
 
+def _with_ilium(width=200, top=0, bottom=32):
+    """``_spine`` with a 10 mm plate beside the last block, held by no mask, from its side out to 95 mm on
+    its rows ``top``..``bottom`` (the ilium beside the sacrum; ribs on the first two blocks as before)."""
+    iso, owner, centers, boxes, voxels = _spine(width=width, process=())
+    ci = width // 2
+    iso[138 + top:138 + bottom, 45:55, ci + 20:min(ci + 95, width)] = BONE
+    return iso, owner, centers, boxes, voxels
+
+
+def test_the_ilium_beside_the_last_vertebra_marks_it_and_a_rib_does_not():
+    iso, owner, centers, boxes, voxels = _with_ilium()
+    share = ilium_share(iso, owner, centers, boxes, 1.0)
+    assert share[3] >= 0.8 and share[0] < 0.5 and share[2] == 0  # a 6 mm rib bar fills a few rows
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, ILIUM]
+    # Bone far out on half its levels is not the ilium (an iliac crest, a rib pair): just a rib seen.
+    iso, owner, centers, boxes, voxels = _with_ilium(top=16)
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0)[3] == RIBS
+    # 70 mm of field of view beside the spine: ribs of one side alone could fill the window, so the
+    # ilium is not read (ilium_room_mm).
+    iso, owner, centers, boxes, voxels = _with_ilium(width=140)
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0)[3] == RIBS
+    assert ilium_share(iso, owner, centers, boxes, 1.0, which=np.array([0, 0, 0, 1], bool))[:3].tolist() == [0] * 3
+
+
+def test_the_ilium_anchors_a_sacrum_the_labeller_reads_as_l6():
+    """The real abdomen CT under session 18's fine-tuned labeller, in round numbers: it reads the lumbar
+    spine one level high and the sacrum's first mask as L6 (0.54; S 0.07). Without an anchor every level
+    comes out one too high; the ilium beside the last one says S."""
+    rows = [{18: 0.5, 19: 0.3}, {19: 0.67, 20: 0.25}, {20: 0.83, 21: 0.1}, {21: 0.5, 22: 0.3},
+            {22: 0.47, 23: 0.34}, {24: 0.82, 23: 0.1}, {25: 0.54, 24: 0.12, 26: 0.07}]
+    probs = _probs(rows)
+    lps = np.array([[0, 0, -35.0 * r] for r in range(7)])
+    names = lambda labs: [NAMES[int(x)] for x in labs]  # noqa: E731
+    assert names(decode_labels(probs, list(range(1, 27)), lps)[0])[-2:] != ["L5", "S"]
+    got = decode_labels(probs, list(range(1, 27)), lps, ribs=np.array([UNKNOWN] * 6 + [ILIUM]))[0]
+    assert names(got) == ["T12", "L1", "L2", "L3", "L4", "L5", "S"]
+
+
 def _probs(rows):
     probs = np.zeros((len(rows), 26))
     for r, row in enumerate(rows):
@@ -110,7 +148,7 @@ def test_decoder_refuses_bad_rib_codes():
     probs = np.full((2, 26), 1 / 26)
     lps = np.array([[0, 0, 0], [0, 0, -30]], dtype=float)
     with pytest.raises(ValueError, match="ribs"):
-        decode_labels(probs, list(range(1, 27)), lps, ribs=np.array([2, 0]))
+        decode_labels(probs, list(range(1, 27)), lps, ribs=np.array([3, 0]))
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +183,7 @@ def test_real_crop_labels_follow_the_ribs(real_crop_names):
 @pytest.mark.skipif(not (REAL / "tssample-example-ct_ct.nii.gz").is_file(), reason=f"{REAL} not present")
 def test_real_abdomen_ribs_on_t12_only():
     """The real abdomen CT (a T11 sliver, T12-L5, sacrum) through the shipped cascade: T12 carries ribs,
-    L1-L4 none."""
+    L1-L4 none, the ilium flanks the sacrum alone."""
     from engine.pipeline import Cascade
 
     seen = {}
@@ -162,3 +200,4 @@ def test_real_abdomen_ribs_on_t12_only():
     assert [v.name for v in r.vertebrae] == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S"]
     assert seen[IDS["T12"]] == RIBS and r.info["rib_bearing"] >= 1
     assert all(seen[IDS[n]] != RIBS for n in ("L1", "L2", "L3", "L4"))
+    assert seen[IDS["S"]] == ILIUM and sum(code == ILIUM for code in seen.values()) == 1
