@@ -417,8 +417,13 @@ class Cascade:
             kind = [np.zeros(len(props[0]), np.int64)]  # 0: missed level, 1: beyond an end, 2: a loose piece
             # Beyond an end whose vertebra was found in the last round, the next one may show too (C2
             # found above C3, then C1 above it); beyond an end already looked past, nothing new would.
+            # Nor beyond a slab recovered at the scan's face: only loose bone hangs into view there, its
+            # own arch or the spinous tip of a vertebra whose body is out of view (held-out 100002: L1's
+            # slab at the top face, then its arch as one more vertebra, "T12", and L1 was lost).
             o = np.argsort(seg.centers_kji[:, 0], kind="stable")
-            sides = [s for s, i in ((-1, o[0]), (1, o[-1])) if fresh[i] and not piece[i]] if len(o) else []
+            sides = [s for s, i in ((-1, o[0]), (1, o[-1]))
+                     if fresh[i] and not piece[i] and not (r and _at_face(seg.boxes[i], s, iso.shape[0]))
+                     ] if len(o) else []
             if cfg.chain.ends and sides:
                 mid = np.median(seg.centers_kji[:, 0])
                 for more_props in (end_centres(seg.centers_kji, labs, int(iso.shape[0]), cfg.chain.end_reach),
@@ -567,6 +572,11 @@ class Cascade:
         clock.ms["total"] = sum(clock.ms[s] for s in STAGES)
         result.timings_ms = {k: round(v, 3) for k, v in clock.ms.items()}
         return result
+
+
+def _at_face(box, side: int, extent: int) -> bool:
+    """A mask reaches the scan's first (side -1) or last (+1) slice along the spine."""
+    return box is None or (box[0].start <= 0 if side < 0 else box[0].stop >= extent)
 
 
 def _cut(boxes, extent: int) -> np.ndarray:
