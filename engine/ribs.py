@@ -19,8 +19,9 @@ phantom with osteoporotic ribs showed one rib at 200 HU and read "no rib" on nin
 until absence was checked at 120 HU (presence and absence with two thresholds, like a hysteresis).
 ``rib-cue/`` in the results folder above has the counts per level.
 
-The same touching bone marks the sacrum: the ilium flanks it, past ``ilium_far_mm`` sideways, on nearly
-all its levels, where ribs are a few oblique bars (ILIUM, ``ilium_share``). That is the sacrum anchor
+The same touching bone marks the sacrum, the lowest vertebra in view: the ilium flanks it, past
+``ilium_far_mm`` sideways, on nearly all its levels, where ribs are a few oblique bars (ILIUM,
+``ilium_share``). That is the sacrum anchor
 that does not come from the labeller: the phantom-trained labellers read the real sacrum's shape as L5
 or L6 (session 18).
 
@@ -58,8 +59,9 @@ class RibParams:
     # on both sides. On ground-truth masks (evaluation/results/2026-12-02-s19): 0.84-1.0 on 13 whole sacra
     # (the real one 1.0), 0.0-0.19 on 96 L1-L5, 0.23-0.6 on rib-bearing T10-T12 but for three with the
     # field of view 55-70 mm from the spine on one side (0.97-1.0: ribs of one side alone). Dense rib fans
-    # fill the rows too (new hard phantom 300028: 9 of T2-T12), so the decoder weighs ILIUM as
-    # "sacrum, or thoracic", never as lumbar (engine.sequence.SequenceParams.ilium_likelihood).
+    # fill the rows too (new hard phantom 300028: 9 of T2-T12), so only the lowest vertebra with bone
+    # beside it is measured, and the decoder weighs ILIUM as "sacrum, or thoracic", never as lumbar
+    # (engine.sequence.SequenceParams.ilium_likelihood).
     ilium_far_mm: float = 60.0
     ilium_half_mm: float = 150.0
     ilium_rows: float = 0.8
@@ -174,7 +176,12 @@ def rib_evidence(iso, owner, centers_kji: np.ndarray, boxes, voxels, cut, spacin
     room = np.minimum(centers[:, 2], width - 1 - centers[:, 2]) * spacing
     clear = big & ~seen & ~cut & (room >= p.room_mm) & (reach_faint < p.none_mm)
     out[clear] = NO_RIBS
-    wide = big & seen & (room >= p.ilium_room_mm)  # the ilium reaches past reach_mm: it is "seen" first
-    if wide.any():
-        out[wide & (ilium_share(iso, owner, centers, boxes, spacing, p, which=wide) >= p.ilium_rows)] = ILIUM
+    # The ilium reaches past reach_mm, so it is "seen" first. The sacrum is the lowest vertebra in view:
+    # only the lowest seen one is measured (a rib fan can fill a thoracic vertebra's rows too, and the
+    # wide window costs more than the rib cue itself).
+    low = np.flatnonzero(seen)[np.argmax(centers[seen, 0])]
+    if room[low] >= p.ilium_room_mm:
+        which = np.arange(len(centers)) == low
+        if ilium_share(iso, owner, centers, boxes, spacing, p, which=which)[low] >= p.ilium_rows:
+            out[low] = ILIUM
     return out

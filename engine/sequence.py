@@ -124,11 +124,13 @@ class SequenceParams:
     # validation phantoms, the real abdomen CT; evaluation/results/2026-12-02-s19/ilium-cue): 12/13 whole
     # sacra (the 13th has 69 mm of field of view on one side, under ``RibParams.ilium_room_mm``), 0/96
     # L1-L5, 0/16 T10-T12. Through the cascade (all 85 evaluation cases, ibid.): 15/19 sacra, 0/28 L5-L6,
-    # 1/148 L1-L4, 0/168 cervical, but 45/481 thoracic: dense rib fans fill the rows too (new hard phantom
-    # 300028: 9 of T2-T12; 0.01 there moved 6 of them off their level). Lumbar and cervical get 0.01, not
-    # 0: a real pelvis may differ. The ratio to L5 / L6 must outweigh the labeller: the phantom-trained
-    # labellers read the real sacrum as L5 or L6, and the session-18 labeller gives the real abdomen's
-    # first sacrum mask P(S) 0.07 against L6 0.54 (S at 0.7 or L5 / L6 at 0.05 leave it "L5").
+    # 1/147 L1-L4, 0/167 cervical, 4/477 thoracic, each the lowest vertebra of a scan that ends in the
+    # thoracic spine (only the lowest with bone beside it is measured). Dense rib fans fill the rows too:
+    # measured on every vertebra, new hard phantom 300028 read it on 9 of T2-T12, and 0.01 there moved 6
+    # of them off their level; so thoracic levels keep 0.1. Lumbar and cervical get 0.01, not 0: a real
+    # pelvis may differ. The ratio to L5 / L6 must outweigh the labeller: the phantom-trained labellers
+    # read the real sacrum as L5 or L6, and the session-18 labeller gives the real abdomen's first sacrum
+    # mask P(S) 0.07 against L6 0.54 (S at 0.7 or L5 / L6 at 0.05 leave it "L5").
     ilium_likelihood: dict[int, float] = field(default_factory=lambda: dict(ILIUM_LIKELIHOOD))
 
 

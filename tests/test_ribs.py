@@ -95,6 +95,15 @@ def test_the_ilium_beside_the_last_vertebra_marks_it_and_a_rib_does_not():
     assert ilium_share(iso, owner, centers, boxes, 1.0, which=np.array([0, 0, 0, 1], bool))[:3].tolist() == [0] * 3
 
 
+def test_only_the_lowest_vertebra_with_bone_beside_it_is_read_for_the_ilium():
+    # A plate beside the second block (a thoracic vertebra whose rib fan fills its rows) with a rib on the
+    # last block: the sacrum is the lowest vertebra in view, so the second is not measured.
+    iso, owner, centers, boxes, voxels = _spine(ribs=(0, 1, 3), process=())
+    iso[58:92, 45:55, 120:195] = BONE
+    assert ilium_share(iso, owner, centers, boxes, 1.0)[1] >= 0.8
+    assert rib_evidence(iso, owner, centers, boxes, voxels, WHOLE, 1.0).tolist() == [RIBS, RIBS, NO_RIBS, RIBS]
+
+
 def test_the_ilium_anchors_a_sacrum_the_labeller_reads_as_l6():
     """The real abdomen CT under session 18's fine-tuned labeller, in round numbers: it reads the lumbar
     spine one level high and the sacrum's first mask as L6 (0.54; S 0.07). Without an anchor every level
