@@ -582,7 +582,7 @@ def _at_face(box, side: int, extent: int) -> bool:
 def _cut(boxes, extent: int) -> np.ndarray:
     """(N,) bool: each mask reaches the scan's first or last slice along the spine (the field of view
     cuts it); a vanished mask (box None) counts as cut."""
-    return np.array([b is None or b[0].start <= 0 or b[0].stop >= extent for b in boxes], dtype=bool)
+    return np.array([_at_face(b, -1, extent) or _at_face(b, 1, extent) for b in boxes], dtype=bool)
 
 
 def run(source: Volume | str | os.PathLike, **kw: Any) -> SpineResult:
