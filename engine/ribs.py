@@ -21,9 +21,8 @@ until absence was checked at 120 HU (presence and absence with two thresholds, l
 
 The same touching bone marks the sacrum, the lowest vertebra in view: the ilium flanks it, past
 ``ilium_far_mm`` sideways, on nearly all its levels, where ribs are a few oblique bars (ILIUM,
-``ilium_share``). That is the sacrum anchor
-that does not come from the labeller: the phantom-trained labellers read the real sacrum's shape as L5
-or L6 (session 18).
+``ilium_share``). That is the sacrum anchor that does not come from the labeller: the phantom-trained
+labellers read the real sacrum's shape as L5 or L6 (session 18).
 
 This runs on the host on a 2 mm grid (``stride``): a few small boxes per vertebra, no full-volume pass.
 """
@@ -138,8 +137,9 @@ def ilium_share(iso, owner, centers_kji: np.ndarray, boxes, spacing: float,
     out = np.zeros(len(centers))
     half_i = int(np.ceil(p.ilium_half_mm / spacing))
     todo = np.ones(len(centers), dtype=bool) if which is None else np.asarray(which, dtype=bool).reshape(-1)
-    for n, (c, box) in enumerate(zip(centers, boxes)):
-        got = None if box is None or not todo[n] else _touching(iso, owner, n, c, box, half_i, (p.bone_hu,), spacing, p)
+    for n in np.flatnonzero(todo):
+        c, box = centers[n], boxes[n]
+        got = None if box is None else _touching(iso, owner, int(n), c, box, half_i, (p.bone_hu,), spacing, p)
         if got is None:
             continue
         lo, (sel,) = got
