@@ -17,6 +17,8 @@ Definitions (GT vertebra g, predictions p; all centres LPS mm):
   Eqn 7, the mean of the two directed mean surface distances; HD = max of the directed maxima; HD95 = max
   of the directed 95th percentiles. Surfaces = mask minus its 6-connected erosion. An empty prediction
   (or empty GT) leaves the distances None (JSON null) and sets pred_empty: never a fake number.
+- at_face: the GT mask touches a face of the image, so the field of view cuts the vertebra. Such partial
+  targets (often a few slices of bone) score far lower Dice than whole ones; reports give both groups.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class VertebraScore:
     hd_mm: float | None = None
     hd95_mm: float | None = None
     pred_empty: bool | None = None     # no predicted voxel carries this label
+    at_face: bool | None = None        # the GT mask touches the image's face (cut by the field of view)
 
     @property
     def labelled_correctly(self) -> bool | None:
@@ -207,6 +210,11 @@ def overlap(gt_map: np.ndarray, pred_map: np.ndarray, label: int, sampling, boxe
     return out
 
 
+def at_face(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """Does a mask with bounding box ``box`` (array slices) reach a face of an image of ``shape``?"""
+    return any(b.start == 0 or b.stop == n for b, n in zip(box, shape))
+
+
 def _check_prediction(case: str, gt: Volume, pred: Volume) -> None:
     why = same_geometry(gt.geometry(), pred.geometry())
     if why:
@@ -245,6 +253,7 @@ def evaluate_case(case: str, gt_labels: Volume | None, gt_ctd: list[Centroid],
     for lab in gt_present:
         v = by_label[lab]
         v.has_mask = True
+        v.at_face = at_face(gt_boxes[lab], gt_labels.array.shape)
         for k, val in overlap(gt_labels.array, pred_map, lab, sampling, boxes).items():
             setattr(v, k, val)
     verts.sort(key=lambda v: L.ORDER_INDEX[v.label])

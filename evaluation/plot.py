@@ -11,8 +11,9 @@ from engine import labels as L
 _LEVEL_COLOUR = {"cervical": "#4C72B0", "thoracic": "#55A868", "lumbar": "#C44E52", "sacral": "#8172B2"}
 
 
-def _box(ax, names, groups, colours, rng, ylabel, title):
-    """Boxplot per label with the individual vertebrae jittered on top (n is small per label)."""
+def _box(ax, names, groups, colours, rng, ylabel, title, hollow=None):
+    """Boxplot per label with the individual vertebrae jittered on top (n is small per label); ``hollow``
+    (per group, one flag per value) draws those vertebrae as open circles."""
     pos = [i for i, g in enumerate(groups) if g]
     if pos:
         bp = ax.boxplot([groups[i] for i in pos], positions=pos, widths=0.6, showfliers=False,
@@ -21,8 +22,11 @@ def _box(ax, names, groups, colours, rng, ylabel, title):
             patch.set_facecolor(colours[i])
             patch.set_alpha(0.35)
         for i in pos:
-            ax.scatter(i + rng.uniform(-0.15, 0.15, len(groups[i])), groups[i], s=10, color=colours[i],
-                       zorder=3)
+            x = i + rng.uniform(-0.15, 0.15, len(groups[i]))
+            y = np.asarray(groups[i], float)
+            o = np.asarray(hollow[i], bool) if hollow is not None else np.zeros(len(y), bool)
+            ax.scatter(x[~o], y[~o], s=10, color=colours[i], zorder=3)
+            ax.scatter(x[o], y[o], s=14, facecolors="none", edgecolors=colours[i], zorder=3)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_xlim(-0.7, len(names) - 0.3)
     ax.set_ylabel(ylabel)
@@ -45,6 +49,11 @@ def plot_report(report, path: Path) -> Path:
         return [[getattr(v, attr) for v in verts if v.label == lab and cond(v) and getattr(v, attr) is not None
                  and np.isfinite(getattr(v, attr))] for lab in labs]
 
+    def per_label_flag(attr, flag, cond):
+        """``flag`` of the same vertebrae, in the same order, as per_label(attr, cond) returns."""
+        return [[bool(getattr(v, flag)) for v in verts if v.label == lab and cond(v) and getattr(v, attr) is not None
+                 and np.isfinite(getattr(v, attr))] for lab in labs]
+
     def undefined(attr, cond):
         return [sum(1 for v in verts if v.label == lab and cond(v) and getattr(v, attr) is None) for lab in labs]
 
@@ -57,8 +66,13 @@ def plot_report(report, path: Path) -> Path:
 
     s = report.summary()
     fig, ax = plt.subplots(2, 2, figsize=(max(11, 0.55 * len(labs) * 2 + 3), 8.5), constrained_layout=True)
+    # Vertebrae the field of view cuts are partial targets with far lower Dice: drawn open, and each
+    # group's mean is in the panel title so the whole-vertebra figure is not hidden by them.
+    ext = report.by_extent()
+    means = ", ".join(f"{k} {r['dice']['mean']:.3f}" for k, r in ext.items() if r["dice"]["mean"] is not None)
     _box(ax[0, 0], names, per_label("dice", lambda v: v.has_mask), colours, rng, "Dice",
-         "Segmentation: Dice per vertebra")
+         f"Segmentation: Dice per vertebra (mean {means}; cut: open circles)",
+         hollow=per_label_flag("dice", "at_face", lambda v: v.has_mask))
     ax[0, 0].set_ylim(-0.02, 1.02)
     _box(ax[0, 1], names, per_label("hd95_mm", lambda v: v.has_mask), colours, rng, "mm",
          "Segmentation: HD95 per vertebra")

@@ -96,6 +96,20 @@ class EvaluationReport:
                 out[reg] = summarise(vs, [p for p in self.predictions if p.label in ids])
         return out
 
+    def by_extent(self) -> dict[str, dict]:
+        """Whole vertebrae and vertebrae the field of view cuts (metrics.at_face), each summarised."""
+        out = {}
+        for key, flag in (("whole", False), ("cut by the FOV", True)):
+            vs, ps = [], []
+            for c in self.cases:  # predictions follow the GT vertebra they matched; extras belong to neither
+                mine = [v for v in c.vertebrae if v.has_mask and v.at_face is flag]
+                labs = {v.label for v in mine}
+                vs += mine
+                ps += [p for p in c.predictions if p.matched_label in labs]
+            if vs:
+                out[key] = summarise(vs, ps)
+        return out
+
     def by_label(self) -> dict[str, dict]:
         labs = sorted({v.label for v in self.vertebrae}, key=L.ORDER_INDEX.get)
         return {L.name(lab): summarise([v for v in self.vertebrae if v.label == lab],
@@ -105,7 +119,8 @@ class EvaluationReport:
         return {"schema": "spinert.evaluation/1", "gt": self.gt, "pred": self.pred, "notes": self.notes,
                 "definitions": {"id_radius_mm": ID_RADIUS_MM, "acc_thresholds_mm": list(ACC_THRESHOLDS_MM),
                                 "see": "evaluation/metrics.py module docstring"},
-                "summary": self.summary(), "regions": self.by_region(), "labels": self.by_label(),
+                "summary": self.summary(), "regions": self.by_region(), "extent": self.by_extent(),
+                "labels": self.by_label(),
                 "cases": [c.to_json() for c in self.cases]}
 
     def markdown(self, per_label: bool = True) -> str:
@@ -158,6 +173,7 @@ def _markdown(rep: EvaluationReport, per_label: bool = True) -> str:
                        f"{_ms(r['mle_mm'], 2)} | {_ms(r['dice'])} | {_ms(r['hd95_mm'], 2)} |")
         return out
     lines += table("region", rep.by_region())
+    lines += table("extent", rep.by_extent())
     if per_label:
         lines += table("vertebra", rep.by_label())
     notes = rep.notes + [f"{c.case}: {n}" for c in rep.cases for n in c.notes]

@@ -159,3 +159,21 @@ def test_in_memory_engine_result_scores_like_files(tmp_path):
     s = evaluate_result(read_case(tmp_path, "x"), result)
     assert s.sequence_correct and all(v.dice == 1 and v.loc_error_mm == pytest.approx(0, abs=1e-9)
                                       for v in s.vertebrae)
+
+
+def test_vertebrae_cut_by_the_field_of_view_are_reported_apart():
+    """at_face flags a GT mask that reaches the image's face; the report splits whole from cut."""
+    gt = spine()
+    a = gt.array[6:].copy()  # the first 6 slices go: L1 (slices 3-12) keeps 7 and starts at the face
+    cut = Volume(a, gt.spacing, gt.origin, gt.direction, "cut")
+    pred = a.copy()
+    pred[pred == 20] = 0  # the engine misses the sliver; every whole vertebra is perfect
+    pv = Volume(pred, gt.spacing, gt.origin, gt.direction, "p")
+    s = evaluate_case("c", cut, centroids_from_labels(cut), pv, centroids_from_labels(pv))
+    flags = {v.label: v.at_face for v in s.vertebrae}
+    assert flags == {20: True, 21: False, 22: False, 23: False}
+    ext = EvaluationReport([s]).by_extent()
+    assert ext["whole"]["vertebrae_with_mask"] == 3 and ext["whole"]["dice"]["mean"] == 1
+    assert ext["cut by the FOV"]["vertebrae_with_mask"] == 1 and ext["cut by the FOV"]["dice"]["mean"] == 0
+    assert ext["cut by the FOV"]["missed"] == 1 and ext["whole"]["missed"] == 0
+    assert "| cut by the FOV | 1 |" in EvaluationReport([s]).markdown()
