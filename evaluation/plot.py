@@ -45,14 +45,13 @@ def plot_report(report, path: Path) -> Path:
     colours = [_LEVEL_COLOUR[L.region(x)] for x in labs]
     rng = np.random.default_rng(0)
 
-    def per_label(attr, cond=lambda v: True):
-        return [[getattr(v, attr) for v in verts if v.label == lab and cond(v) and getattr(v, attr) is not None
+    def picked(attr, cond):
+        """Per label, the vertebrae that meet ``cond`` and have a finite ``attr``."""
+        return [[v for v in verts if v.label == lab and cond(v) and getattr(v, attr) is not None
                  and np.isfinite(getattr(v, attr))] for lab in labs]
 
-    def per_label_flag(attr, flag, cond):
-        """``flag`` of the same vertebrae, in the same order, as per_label(attr, cond) returns."""
-        return [[bool(getattr(v, flag)) for v in verts if v.label == lab and cond(v) and getattr(v, attr) is not None
-                 and np.isfinite(getattr(v, attr))] for lab in labs]
+    def per_label(attr, cond=lambda v: True):
+        return [[getattr(v, attr) for v in g] for g in picked(attr, cond)]
 
     def undefined(attr, cond):
         return [sum(1 for v in verts if v.label == lab and cond(v) and getattr(v, attr) is None) for lab in labs]
@@ -72,7 +71,7 @@ def plot_report(report, path: Path) -> Path:
     means = ", ".join(f"{k} {r['dice']['mean']:.3f}" for k, r in ext.items() if r["dice"]["mean"] is not None)
     _box(ax[0, 0], names, per_label("dice", lambda v: v.has_mask), colours, rng, "Dice",
          f"Segmentation: Dice per vertebra (mean {means}; cut: open circles)",
-         hollow=per_label_flag("dice", "at_face", lambda v: v.has_mask))
+         hollow=[[bool(v.at_face) for v in g] for g in picked("dice", lambda v: v.has_mask)])
     ax[0, 0].set_ylim(-0.02, 1.02)
     _box(ax[0, 1], names, per_label("hd95_mm", lambda v: v.has_mask), colours, rng, "mm",
          "Segmentation: HD95 per vertebra")
