@@ -26,7 +26,7 @@ from engine.errors import InputError, ModelError
 from engine.fragments import border_fragments
 from engine.localise import CentreOffset, apply_offset
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest, run_precision
-from engine.preprocess import Canonical, check_volume, masks_to_input, to_canonical
+from engine.preprocess import Canonical, box_at_face, check_volume, masks_to_input, to_canonical
 from engine.ribs import RIBS, RibParams, rib_evidence
 from engine.segment import (SegmentParams, discard, extend, interface, mask_threshold, merge, regrow,
                             segment)
@@ -547,7 +547,6 @@ class Cascade:
         objs = list(find_objects(on_input, max_label=m)) + [None] * m
         centers_lps = apply_offset(canon.index_to_lps(seg.centers_kji), labs, self.centre_offset)
         out = []
-        shape = np.asarray(owner.shape)
         for n in np.argsort(seg.centers_kji[:, 0], kind="stable"):  # top to bottom (canonical k: to the feet)
             label = int(labs[n])
             box = objs[n]
@@ -558,7 +557,7 @@ class Cascade:
             else:
                 warnings.append(f"{L.name(label)}: mask vanished on the input grid (thinner than a voxel)")
             cbox = seg.boxes[n]
-            if cbox is not None and any(s.start == 0 or s.stop == int(d) for s, d in zip(cbox, shape)):
+            if cbox is not None and box_at_face(cbox, owner.shape):
                 warnings.append(f"{L.name(label)} touches the field-of-view border (partial vertebra)")
             scores = {int(c): round(float(p), 6) for c, p in zip(self.classes, probs[n]) if p >= 1e-4}
             out.append(Vertebra(label=label, name=L.name(label),

@@ -138,6 +138,12 @@ def canonical_to_input(arr_kji: np.ndarray, canon: Canonical, vol: Volume, linea
     return sitk.GetArrayFromImage(out)
 
 
+def box_at_face(box: tuple[slice, ...], shape) -> bool:
+    """Does a mask with bounding box ``box`` (array slices, ndimage.find_objects) reach a face of an array of
+    ``shape``? Such a mask is cut by the field of view."""
+    return any(b.start == 0 or b.stop == int(n) for b, n in zip(box, shape))
+
+
 def input_box(canon: Canonical, vol: Volume, lo_kji, hi_kji, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop) input (i, j, k) indices covering the canonical index box [lo, hi] plus ``margin``
     input voxels, clipped to the input grid."""

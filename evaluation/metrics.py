@@ -31,6 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from engine import labels as L
 from engine.errors import DatasetError
+from engine.preprocess import box_at_face
 from engine.types import SpineResult, Volume
 from engine.verse import Centroid, VerseCase, label_boxes, same_geometry
 
@@ -210,11 +211,6 @@ def overlap(gt_map: np.ndarray, pred_map: np.ndarray, label: int, sampling, boxe
     return out
 
 
-def at_face(box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
-    """Does a mask with bounding box ``box`` (array slices) reach a face of an image of ``shape``?"""
-    return any(b.start == 0 or b.stop == n for b, n in zip(box, shape))
-
-
 def _check_prediction(case: str, gt: Volume, pred: Volume) -> None:
     why = same_geometry(gt.geometry(), pred.geometry())
     if why:
@@ -253,7 +249,7 @@ def evaluate_case(case: str, gt_labels: Volume | None, gt_ctd: list[Centroid],
     for lab in gt_present:
         v = by_label[lab]
         v.has_mask = True
-        v.at_face = at_face(gt_boxes[lab], gt_labels.array.shape)
+        v.at_face = box_at_face(gt_boxes[lab], gt_labels.array.shape)
         for k, val in overlap(gt_labels.array, pred_map, lab, sampling, boxes).items():
             setattr(v, k, val)
     verts.sort(key=lambda v: L.ORDER_INDEX[v.label])

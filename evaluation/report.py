@@ -97,7 +97,7 @@ class EvaluationReport:
         return out
 
     def by_extent(self) -> dict[str, dict]:
-        """Whole vertebrae and vertebrae the field of view cuts (metrics.at_face), each summarised."""
+        """Whole vertebrae and vertebrae the field of view cuts (VertebraScore.at_face), each summarised."""
         out = {}
         for key, flag in (("whole", False), ("cut by the FOV", True)):
             vs, ps = [], []
