@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cluster import BoxSet, ClusterParams, assign_boxes, stage1_points
+from engine.cluster import BoxSet, ClusterParams, assign_boxes, fraction_keep, stage1_points
 from engine.dbscan import DBSCAN
 
 # Typical centre-to-centre distances (mm) going down the spine, used only to place synthetic vertebrae.
@@ -146,7 +146,8 @@ def assign_boxes_sklearn(centres_mm: np.ndarray, sizes_mm: np.ndarray, params: C
     """``engine.cluster.assign_boxes`` written the paper's way with scikit-learn, as a user would: one
     DBSCAN on the centres, then one DBSCAN on the box sizes of each stage-1 cluster in turn (keep the
     most populated sub-cluster, the first found on a tie; all boxes if every size is noise), then the
-    ``min_fraction`` rule. The reference the batched two-stage clustering is timed and checked against."""
+    ``min_fraction`` rule (``engine.cluster.fraction_keep``, shared: it is not DBSCAN). The reference the
+    batched two-stage clustering is timed and checked against."""
     from sklearn.cluster import DBSCAN as SkDBSCAN
 
     p = params or ClusterParams()
@@ -158,8 +159,10 @@ def assign_boxes_sklearn(centres_mm: np.ndarray, sizes_mm: np.ndarray, params: C
         if np.any(lab2 >= 0):
             members = members[lab2 == np.argmax(np.bincount(lab2[lab2 >= 0]))]
         out[members] = c
-    cnt = np.bincount(out[out >= 0], minlength=int(lab1.max()) + 1)
-    out[(out >= 0) & (cnt[np.maximum(out, 0)] < p.min_fraction * cnt.max())] = -1
+    n1 = int(lab1.max()) + 1
+    cnt = np.bincount(out[out >= 0], minlength=n1)
+    k_mm = np.bincount(out[out >= 0], weights=centres_mm[out >= 0, 0], minlength=n1) / np.maximum(cnt, 1)
+    out[(out >= 0) & ~fraction_keep(cnt, k_mm, p)[np.maximum(out, 0)]] = -1
     return out
 
 

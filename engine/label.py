@@ -134,5 +134,45 @@ def decode_labels(probs: np.ndarray, classes, centers_lps: np.ndarray, end=None,
         a, b = L.name(seq.labels[t]), L.name(seq.labels[below[t]])
         warnings.append(f"vertebra(e) {', '.join(L.name(x) for x in levels)} between {a} and {b} "
                         f"appear missing (not detected)")
+    warnings += level_warnings(np.asarray(seq.labels), None if ribs is None else np.asarray(ribs)[order])
     return labels, conf, {"warnings": warnings, "scale": seq.scale, "log_score": seq.log_score, "missed": missed,
                           "dropped": sorted(int(order[t]) for t in seq.dropped)}
+
+
+# Levels that carry ribs / none, as the decoder weighs the rib cue (engine.sequence.RIB_LIKELIHOOD: a
+# rib seen on L1-L4 0.03, none where one would show on T2-T11 0.02 and T12 / T13 0.06).
+_RIBBED = frozenset(range(9, 20)) | {28}
+_RIBLESS = frozenset(range(20, 24))
+_LANDMARKS = frozenset({1, 2, 26})  # C1, C2, the sacrum: levels no shape elsewhere is mistaken for
+
+
+def level_warnings(labels, ribs=None) -> list[str]:
+    """Warnings on the level count of a decoded chain (``labels`` top to bottom, 0 = dropped; ``ribs``
+    the rib cue in the same order, engine.ribs codes). Wrong-level surgery comes from counting without
+    a landmark, and a labeller trained on phantoms reads real crops a level off while its decoded
+    confidence stays high (the real T11-L2 crop: T10-L1 at 0.92; the L2-L4 crop: L1-L3 at 0.66).
+
+    * the rib cue disagrees with the labels: a rib-bearing level without a rib, or L1-L4 with one;
+    * no landmark in view: no C1, C2 or sacrum decoded and no rib cue changing between two
+      neighbours (the last rib, or the first), so every level rests on vertebra shape alone.
+    """
+    from engine import labels as L
+    from engine.ribs import NO_RIBS, RIBS
+
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    keep = lab > 0
+    rb = np.full(lab.shape, -1, np.int64) if ribs is None else np.asarray(ribs, dtype=np.int64).reshape(-1)
+    lab, rb = lab[keep], rb[keep]
+    if not lab.size:
+        return []
+    out = []
+    odd = [f"{L.name(v)} without a rib" for v, r in zip(lab, rb) if r == NO_RIBS and int(v) in _RIBBED]
+    odd += [f"{L.name(v)} with a rib" for v, r in zip(lab, rb) if r == RIBS and int(v) in _RIBLESS]
+    if odd:
+        out.append(f"the rib cue disagrees with the labels ({', '.join(odd)}): the level count may be off by "
+                   f"one; confirm it from a landmark")
+    pairs = set(zip(rb[:-1].tolist(), rb[1:].tolist()))
+    if not (set(lab.tolist()) & _LANDMARKS) and (RIBS, NO_RIBS) not in pairs and (NO_RIBS, RIBS) not in pairs:
+        out.append("no landmark in view (C1-C2, the sacrum, or where the ribs start or stop): the levels "
+                   "rest on each vertebra's shape alone; confirm the count")
+    return out

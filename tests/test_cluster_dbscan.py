@@ -340,6 +340,42 @@ def test_small_spurious_cluster_dropped_by_fraction_rule():
     assert len(cluster_boxes(boxes, ClusterParams(min_fraction=0.0))) == 6
 
 
+def _subset(b: BoxSet, m: np.ndarray) -> BoxSet:
+    return BoxSet(b.slice_index[m], b.center_rc[m], b.size_hw[m], b.score[m], b.spacing)
+
+
+def _plus(b: BoxSet, k: np.ndarray, j: float, s: np.ndarray, hw=(20.0, 30.0)) -> BoxSet:
+    n = len(k)
+    return BoxSet(np.concatenate([b.slice_index, s]), np.concatenate([b.center_rc, np.stack([k, np.full(n, j)], 1)]),
+                  np.concatenate([b.size_hw, np.tile([hw], (n, 1))]), np.concatenate([b.score, np.full(n, 0.9)]),
+                  b.spacing)
+
+
+def test_a_vertebra_seen_only_on_its_sides_is_kept_a_stray_beside_a_kept_one_is_not():
+    # The detector misses the middle vertebra on its midline slices (the real tptbox crop's L3): its
+    # two sides are two stage-1 clusters, each under 0.2 x the largest count, together above it.
+    det = synth_detections(5, seed=2, n_false=0, miss_rate=0.0, wrong_size_rate=0.0, first_level=19)
+    b, v, true = det.boxes, det.vertebra, det.centers_mm
+    mid = np.abs(b.slice_index - true[2, 2]) < 17  # ~12 boxes left on each side
+    sides = _subset(b, ~((v == 2) & mid))
+    own = sides.slice_index[v[~((v == 2) & mid)] == 2]
+    side_counts = np.array([(own < true[2, 2]).sum(), (own > true[2, 2]).sum()])
+    biggest = max(c.count for c in cluster_boxes(sides))
+    assert side_counts.max() < 0.2 * biggest <= side_counts.sum()  # the case the rule is for
+    assert len(cluster_boxes(sides, ClusterParams(pieces_k_mm=0.0))) == 4  # the paper's rule alone drops it
+    kept = cluster_boxes(sides)
+    assert len(kept) == 6  # both sides, as two candidates: the pipeline joins them (chain.join_halves)
+    near = [c for c in kept if abs(c.center_mm[0] - true[2, 0]) < 5.0]
+    assert len(near) == 2 and all(abs(c.center_mm[2] - true[2, 2]) > 10 for c in near)  # its two sides
+    # Two small clusters 3 mm below a kept vertebra's centre, 40 mm to each side of it (a rib head's
+    # boxes): together over the floor, but beside a vertebra that passed alone, so they stay dropped.
+    k0, i0 = true[0, 0] + 3.0, true[0, 2]
+    ks = np.full(7, k0) + 0.3 * np.arange(7)
+    stray = _plus(_plus(b, ks, true[0, 1], np.arange(7) + i0 - 50), ks, true[0, 1], np.arange(7) + i0 + 44)
+    assert len(cluster_boxes(stray)) == 5
+    assert len(cluster_boxes(stray, ClusterParams(min_fraction=0.0))) == 7
+
+
 def test_spacing_is_respected():
     a = synth_detections(8, seed=4, spacing=1.0)
     b = synth_detections(8, seed=4, spacing=0.8)  # same anatomy in mm, finer voxels
