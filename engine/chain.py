@@ -44,8 +44,16 @@ class ChainParams:
     (0 disables); the window widens to hold at least ``min_neighbours`` candidates (itself included)."""
 
     recover: bool = True
-    # Rounds of looking for missed levels: each decodes again with what the last one found.
-    recover_rounds: int = 2
+    # Rounds of looking for missed levels: each decodes again with what the last one found, and looks
+    # one level past an end the last round extended (three levels missing below the detector's last
+    # vertebra need three rounds; new hard 300034). Rounds past ``confirmed_rounds`` walk on from
+    # vertebrae recovered before, so errors compound: in 120 HU noise over 58 HU bone (new hard 300001)
+    # a walk up the neck drew three "vertebrae" from soft tissue, 21-44 mm from any vertebra. A vertebra
+    # those rounds recover is kept only if the labeller gives its decoded level or a neighbouring one at
+    # least ``confirm_min_p`` (those three: 0.01-0.04; 300034's L1-L3: 0.59-0.92), and the walk stops.
+    recover_rounds: int = 5
+    confirmed_rounds: int = 2
+    confirm_min_p: float = 0.1
     off_chain_mm: float = 35.0
     window_mm: float = 60.0
     # At a chain's end the window holds few vertebrae, and two strays (a hip and an iliac wing beside the
@@ -97,8 +105,8 @@ class ChainParams:
             raise ValueError("off_chain_mm must be >= 0 and window_mm > 0")
         if self.min_neighbours < 1 or self.halves_k_mm < 0 or self.halves_j_mm < 0:
             raise ValueError("min_neighbours must be >= 1, halves_k_mm and halves_j_mm >= 0")
-        if self.recover_rounds < 1:
-            raise ValueError("recover_rounds must be >= 1")
+        if self.recover_rounds < 1 or self.confirmed_rounds < 0 or not 0.0 <= self.confirm_min_p <= 1.0:
+            raise ValueError("recover_rounds must be >= 1, confirmed_rounds >= 0, confirm_min_p in [0, 1]")
         if self.min_partial_mm3 <= 0 or self.min_piece_mm3 <= 0:
             raise ValueError("min_partial_mm3 and min_piece_mm3 must be > 0")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
@@ -294,3 +302,19 @@ def same_vertebra_beyond_ends(kind: np.ndarray, side: np.ndarray, first: int = 0
         if len(new) == 2:
             pairs.append((first + int(new[0]), first + int(new[1])))
     return pairs
+
+
+def near_level_p(probs: np.ndarray, label: int, classes) -> float:
+    """The labeller's probability (``probs`` over ``classes``) of ``label`` or a level next to it: what
+    a vertebra recovered by an unconfirmed round needs (``ChainParams.confirm_min_p``). The transitional
+    T13 and L6 sit half a level past T12 and L5, so T12's neighbours are T11, T13 and L1. 0 for label 0
+    (no vertebra)."""
+    if int(label) not in _RANK:
+        return 0.0
+    r = _RANK[int(label)]
+    near = np.array([abs(_RANK.get(int(c), np.inf) - r) <= 1.0 for c in classes])
+    return float(np.asarray(probs, dtype=np.float64)[near].sum())
+
+
+_RANK: dict[int, float] = {lab: float(i) for i, lab in enumerate(v for v in CRANIOCAUDAL if v not in (25, 28))}
+_RANK.update({28: _RANK[19] + 0.5, 25: _RANK[24] + 0.5})

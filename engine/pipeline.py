@@ -19,7 +19,7 @@ import numpy as np
 
 from engine import labels as L
 from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres,
-                          is_sacral_piece, off_chain, one_level_down, same_vertebra_beyond_ends)
+                          is_sacral_piece, near_level_p, off_chain, one_level_down, same_vertebra_beyond_ends)
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
@@ -465,13 +465,20 @@ class Cascade:
             probs = (self._classify(more, iso) if more.reclaimed
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
             labs, conf, info = self._decode(more, probs, canon, iso, end)
-            n_found += len(more.recovered)
+            doubt = [] if r < cfg.chain.confirmed_rounds else [
+                i for i in more.recovered
+                if labs[i] and near_level_p(probs[i], labs[i], self.classes) < cfg.chain.confirm_min_p]
+            if doubt:  # see ChainParams.confirmed_rounds
+                info["dropped"] = sorted(set(info.get("dropped", [])) | set(doubt))
+            n_found += len(more.recovered) - len(doubt)
             fresh = np.zeros(len(more.voxels), dtype=bool)
             fresh[more.recovered] = True
             more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
             more, probs, labs, conf, keep = self._discard(more, probs, labs, conf, info)
             end, fresh, piece = end[keep], fresh[keep], piece[keep]
             seg, found = more, (more, probs, labs, conf, info)
+            if doubt:
+                break
         if found is None:
             return None
         info["warnings"] = [f"{n_found} vertebra(e) missed by the detector found by the chain logic "

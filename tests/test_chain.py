@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import pipeline_synth as ps
-from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres, off_chain,
+from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres, near_level_p,
+                          off_chain,
                           is_sacral_piece, one_level_down)
 from engine.label import decode_labels
 from engine.labels import IDS
@@ -80,6 +81,20 @@ def test_off_chain_short_lists_and_switch():
         ChainParams(min_neighbours=0)
     with pytest.raises(ValueError):
         ChainParams(path_slack_mm=-1.0)
+
+
+def test_near_level_p_sums_the_level_and_its_neighbours():
+    classes = list(range(1, 27))
+    p = np.zeros(26)
+    p[[IDS["T11"] - 1, IDS["T12"] - 1, IDS["L1"] - 1, IDS["L2"] - 1, IDS["C3"] - 1]] = [0.1, 0.2, 0.3, 0.25, 0.15]
+    assert near_level_p(p, IDS["T12"], classes) == pytest.approx(0.6)  # T11 + T12 + L1 (T13 not a class)
+    assert near_level_p(p, IDS["L1"], classes) == pytest.approx(0.75)
+    assert near_level_p(p, IDS["C5"], classes) == 0.0
+    assert near_level_p(p, 0, classes) == 0.0  # no vertebra
+    with pytest.raises(ValueError):
+        ChainParams(confirm_min_p=1.5)
+    with pytest.raises(ValueError):
+        ChainParams(confirmed_rounds=-1)
 
 
 def test_missed_centres_are_spaced_along_the_chord():
