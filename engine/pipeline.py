@@ -468,12 +468,16 @@ class Cascade:
             doubt = [] if r < cfg.chain.confirmed_rounds else [
                 i for i in more.recovered
                 if labs[i] and near_level_p(probs[i], labs[i], self.classes) < cfg.chain.confirm_min_p]
-            if doubt:  # see ChainParams.confirmed_rounds
-                info["dropped"] = sorted(set(info.get("dropped", [])) | set(doubt))
             n_found += len(more.recovered) - len(doubt)
             fresh = np.zeros(len(more.voxels), dtype=bool)
             fresh[more.recovered] = True
             more = replace(more, recovered=list(seg.recovered) + list(more.recovered))
+            if doubt:  # see ChainParams.confirmed_rounds: left out, and the chain decoded without them
+                keep = np.setdiff1d(np.arange(len(labs)), doubt)
+                more, probs, end, fresh, piece = discard(more, doubt), probs[keep], end[keep], fresh[keep], piece[keep]
+                labs, conf, info = self._decode(more, probs, canon, iso, end)
+                info["warnings"].append(f"{len(doubt)} vertebra(e) recovered past a chain end left out: the labeller "
+                                        f"does not read them as the levels the chain gives them")
             more, probs, labs, conf, keep = self._discard(more, probs, labs, conf, info)
             end, fresh, piece = end[keep], fresh[keep], piece[keep]
             seg, found = more, (more, probs, labs, conf, info)
