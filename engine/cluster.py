@@ -195,9 +195,9 @@ def assign_boxes(centres_mm, sizes_mm, params: ClusterParams | None = None):
         return lab1
     keep = _stage2_keep(xp, lab1, sizes_mm, p.size_eps_mm, p.size_min_samples)
     n1 = int(lab1.max()) + 1
-    cnt = xp.bincount(lab1[keep], minlength=n1)
-    k_sum = xp.bincount(lab1[keep], weights=centres_mm[keep, 0], minlength=n1)
-    ok = xp.asarray(fraction_keep(to_numpy(cnt), to_numpy(k_sum) / np.maximum(to_numpy(cnt), 1), p))
+    cnt = to_numpy(xp.bincount(lab1[keep], minlength=n1))  # a few dozen clusters: the rule runs on the host
+    k_sum = to_numpy(xp.bincount(lab1[keep], weights=centres_mm[keep, 0], minlength=n1))
+    ok = xp.asarray(fraction_keep(cnt, k_sum / np.maximum(cnt, 1), p))
     return xp.where(keep & ok[xp.maximum(lab1, 0)], lab1, NOISE)
 
 
