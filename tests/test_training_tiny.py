@@ -365,6 +365,27 @@ def test_fainter_bone_scales_only_what_lies_above_soft_tissue():
         assert (o[4:] <= ct[4:]).all() and (o[4:] > SOFT_TISSUE_HU).all()
 
 
+def test_density_field_is_smooth_bounded_and_fades_parts_of_the_bone_apart():
+    import numpy as np
+    from scipy.ndimage import zoom
+
+    from training.density import SOFT_TISSUE_HU, scale_bone, smooth_field
+
+    f = smooth_field((40, 36, 32), np.random.default_rng(3), 0.15, 1.0, 4)
+    assert f.shape == (40, 36, 32) and f.dtype == np.float32
+    assert f.min() >= 0.15 and f.max() <= 1.0 and f.max() - f.min() > 0.2
+    assert np.abs(np.diff(f, axis=0)).max() < 0.85 / 9  # one cell spans 10 voxels: no steps
+    # the same trilinear field scipy draws from the same cells
+    cells = np.random.default_rng(3).uniform(0.15, 1.0, size=(4, 4, 4))
+    np.testing.assert_allclose(f, zoom(cells, (10, 9, 8), order=1, mode="nearest", grid_mode=True), atol=1e-6)
+    ct = np.full((40, 36, 32), 500.0, np.float32)
+    ct[:, :, :4] = 40.0  # muscle
+    out = scale_bone(ct, f)
+    np.testing.assert_array_equal(out[:, :, :4], 40.0)
+    np.testing.assert_allclose(out[:, :, 4:], SOFT_TISSUE_HU + 400.0 * f[:, :, 4:], rtol=1e-6)
+    assert out[..., 4:].max() - out[..., 4:].min() > 80  # bone of one crop fades unevenly
+
+
 def test_segmenter_spread_probability_out_of_range_is_one_line(data_dir, tmp_path, capsys):
     assert main(["train", "segmenter", "--data", str(data_dir), "--out", str(tmp_path / "m"), "--work",
                  str(tmp_path / "w"), "--tiny", "--density-p", "-0.1"]) == 2
