@@ -7,8 +7,8 @@ soft tissue, fat and air stay as they are.
 
 A real vertebra is not faint evenly: its transverse processes sit at 145-210 HU in the real CTs (median),
 hardly above its body (84-149), while the default phantoms draw them as solid cortex at 360-500 HU, twice
-their body. The shipped segmenter stops at the pedicles of real vertebrae: 76-90 % of the voxels it misses
-more than a voxel deep lie behind the body (evaluation/results/2026-12-02-s22). So half the draws scale by a
+their body. The shipped segmenter stops at the pedicles of real vertebrae: 75 % of the voxels it misses
+more than a voxel deep lie behind the body (mean over the 8 whole ones) (evaluation/results/2026-12-02-s22). So half the draws scale by a
 smooth random field instead of one number, a few cells across the crop (~36 mm each), so that body,
 processes and neighbours fade independently.
 """
@@ -34,7 +34,7 @@ def smooth_field(shape, rng: np.random.Generator, lo: float, hi: float, cells: i
     """A float32 field of ``shape``, trilinear between ``cells``^3 values drawn uniformly in [lo, hi] (cell
     centres spread evenly over each axis)."""
     coarse = rng.uniform(lo, hi, size=(cells,) * len(shape))
-    # Separable hat-function weights: an einsum is ~15x faster than ndimage.zoom on a 146^3 crop.
+    # Separable hat-function weights: an einsum is 13x faster than ndimage.zoom on a 146^3 crop.
     ws = [np.stack([np.interp((np.arange(n) + 0.5) * cells / n - 0.5, np.arange(cells), e)
                     for e in np.eye(cells)], axis=1) for n in shape]
     cell, out = "abcdef"[:len(shape)], "klmnop"[:len(shape)]
