@@ -7,10 +7,11 @@ soft tissue, fat and air stay as they are.
 
 A real vertebra is not faint evenly: its transverse processes sit at 145-210 HU in the real CTs (median),
 hardly above its body (84-149), while the default phantoms draw them as solid cortex at 360-500 HU, twice
-their body. The shipped segmenter stops at the pedicles of real vertebrae: 75 % of the voxels it misses
-more than a voxel deep lie behind the body (mean over the 8 whole ones) (evaluation/results/2026-12-02-s22). So half the draws scale by a
-smooth random field instead of one number, a few cells across the crop (~36 mm each), so that body,
-processes and neighbours fade independently.
+their body. The shipped segmenter stops at the pedicles of real vertebrae: of the voxels it misses more
+than a voxel deep, 75 % lie behind the body (mean over the 8 whole real vertebrae;
+evaluation/results/2026-12-02-s22). So half the draws scale by a smooth random field instead of one
+number, a few cells across the crop (~36 mm each), so that body, processes and neighbours fade
+independently.
 """
 from __future__ import annotations
 
