@@ -10,10 +10,11 @@ and a wider network, on the batch and sub-crop the training loop uses.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
+
+from bench.report import speedup_bars, write_micro
 
 
 def step_seconds(widths: list[int], channels_last: bool, batch: int = 2, patch: int = 64, repeats: int = 8,
@@ -63,24 +64,9 @@ def run(widths_list: list[list[int]], repeats: int = 8, threads: int | None = No
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    xs = range(len(rows))
-    ax.bar([x - 0.2 for x in xs], [r["ncdhw_s"] for r in rows], 0.4, label="NCDHW (default)")
-    ax.bar([x + 0.2 for x in xs], [r["channels_last_s"] for r in rows], 0.4, label="channels-last 3-D")
-    for x, r in zip(xs, rows):
-        ax.text(x + 0.2, r["channels_last_s"], f"{r['speedup']:.1f}x", ha="center", va="bottom")
-    ax.set_xticks(list(xs), [f"{r['widths']}\n{r['params'] / 1e6:.2f} M params" for r in rows])
-    ax.set_ylabel("seconds per training step")
-    ax.set_title("segmenter training step, batch 2 x 64^3, CPU (median)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    speedup_bars(rows, path, ("ncdhw_s", "NCDHW (default)"), ("channels_last_s", "channels-last 3-D"),
+                 [f"{r['widths']}\n{r['params'] / 1e6:.2f} M params" for r in rows], "seconds per training step",
+                 "segmenter training step, batch 2 x 64^3, CPU (median)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     rows = run([[int(w) for w in s.split(",")] for s in a.widths], a.repeats, a.threads)
-    text = json.dumps(rows, indent=1)
-    print(text)
-    if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "train_step.json").write_text(text + "\n")
-        plot(rows, a.out / "train_step.png")
+    write_micro(rows, a.out, "train_step", plot)
     return 0
 
 

@@ -224,3 +224,38 @@ def compare(a: dict, b: dict, name_a: str, name_b: str) -> str:
     if da and db:
         rows.append(f"dbscan speed-up vs sklearn: A {da.get('speedup_vs_sklearn')}x, B {db.get('speedup_vs_sklearn')}x")
     return "\n".join(rows)
+
+
+def write_micro(rows: list[dict], out: Path | None, stem: str, plot) -> None:
+    """A micro-benchmark's rows: printed as JSON, and with ``out`` also written to ``out/<stem>.json``
+    next to ``plot(rows, out/<stem>.png)``."""
+    text = json.dumps(rows, indent=1)
+    print(text)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(text + "\n")
+        plot(rows, out / f"{stem}.png")
+
+
+def speedup_bars(rows: list[dict], path: Path, slow: tuple[str, str], fast: tuple[str, str], ticks: list[str],
+                 ylabel: str, title: str, scale: float = 1.0, fmt: str = "{:.1f}x") -> None:
+    """A micro-benchmark's plot: per row, the slow and the fast method's time (``(key, label)`` each,
+    times ``scale``), the fast bar labelled with ``row["speedup"]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r[slow[0]] * scale for r in rows], 0.4, label=slow[1])
+    ax.bar([x + 0.2 for x in xs], [r[fast[0]] * scale for r in rows], 0.4, label=fast[1])
+    for x, r in zip(xs, rows):
+        ax.text(x + 0.2, r[fast[0]] * scale, fmt.format(r["speedup"]), ha="center", va="bottom")
+    ax.set_xticks(list(xs), ticks)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -167,3 +167,13 @@ def test_train_step_micro_bench_writes_json_and_plot(tmp_path):
     assert rows[0]["ncdhw_s"] > 0 and rows[0]["channels_last_s"] > 0
     assert rows[0]["speedup"] == pytest.approx(rows[0]["ncdhw_s"] / rows[0]["channels_last_s"])
     assert (tmp_path / "train_step.png").stat().st_size > 1000
+
+
+def test_density_field_micro_bench_agrees_with_scipy_and_writes_json_and_plot(tmp_path):
+    from bench import micro_density_field
+
+    assert micro_density_field.main(["--sizes", "24", "37", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "density_field.json").read_text())
+    assert [r["size"] for r in rows] == [24, 37]
+    assert all(r["max_abs_diff"] < 1e-6 and r["einsum_s"] > 0 and r["zoom_s"] > 0 for r in rows)
+    assert (tmp_path / "density_field.png").stat().st_size > 1000

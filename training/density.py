@@ -35,7 +35,8 @@ def smooth_field(shape, rng: np.random.Generator, lo: float, hi: float, cells: i
     """A float32 field of ``shape``, trilinear between ``cells``^3 values drawn uniformly in [lo, hi] (cell
     centres spread evenly over each axis)."""
     coarse = rng.uniform(lo, hi, size=(cells,) * len(shape))
-    # Separable hat-function weights: an einsum is 13x faster than ndimage.zoom on a 146^3 crop.
+    # Separable hat-function weights: an einsum is over 20x faster than ndimage.zoom on a 146^3 crop
+    # (bench.micro_density_field, bench/results/cpu-2026-12-02-s22).
     ws = [np.stack([np.interp((np.arange(n) + 0.5) * cells / n - 0.5, np.arange(cells), e)
                     for e in np.eye(cells)], axis=1) for n in shape]
     cell, out = "abcdef"[:len(shape)], "klmnop"[:len(shape)]
