@@ -72,6 +72,12 @@ class Patient:
     diaphragm: float = 19.0   # level position of the posterior costophrenic recess
     table: bool = True
     table_gap: float = 3.0
+    # Generator 5: how much denser than the body's marrow the arch (laminae, spinous process) and the
+    # transverse processes are (0 = as the body, 1 = generator 4's ~2x), and the processes' cortex
+    # relative to cortex_mm (the arch's is 1, the body's walls 0.5). Defaults: generator 4.
+    arch_density: float = 1.0
+    process_density: float = 1.0
+    process_cortex: float = 1.0
 
 
 def _rot(axis: str, deg: float) -> np.ndarray:

@@ -27,7 +27,9 @@ MAX_WORK_VOXELS = 36_000_000
 # Bumped whenever a seed's image changes, and written to every case's meta: datasets made by different
 # versions are not the same data. 3: lower bone density, coarse scans (p_coarse), pixel-wide blur.
 # 4: spinal canal contents (epidural fat, CSF, cord), muscle density and fatty infiltration.
-GENERATOR_VERSION = 4
+# 5: arch and transverse-process density and process cortex per patient (real processes read barely
+# above the body; generator 4's were twice its HU).
+GENERATOR_VERSION = 5
 HU_MIN, HU_MAX = -1024, 3071
 
 
@@ -162,6 +164,15 @@ def _sample_spacing(rng, prof: Profile, extent: np.ndarray, coarse_rng: np.rando
     return sp
 
 
+def _sample_arch(pat: Patient, rng: np.random.Generator) -> None:
+    # Squared uniforms: most patients' processes read as the real ones do (process_excess_hu -5..80 on
+    # ../shared/data/real), the brightest as generator 4's (~200-330).
+    u = rng.random(3)
+    pat.arch_density = float(0.4 + 0.6 * u[0])
+    pat.process_density = float(u[1] ** 2)
+    pat.process_cortex = float(0.3 + 0.7 * u[2] ** 2)
+
+
 def _seeded(seed: int, profile: str, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(profile.encode()), stream])
 
@@ -196,6 +207,7 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
     hu = np.full(shape, -1000.0, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.uint8)
     tissue = _seeded(seed, profile, 3)  # generator 4's own stream: the rest of a seed is generator 3's
+    _sample_arch(pat, _seeded(seed, profile, 4))  # generator 5's
     paint_soft_tissue(grid, hu, pat, rng, tissue)
     paint_canal(grid, hu, pat, tissue)
     texture = fine_texture(shape, rng, grid.h)
@@ -247,6 +259,8 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
         "labels": present, "names": [NAMES[lb] for lb in present],
         "full_body_fov": full, "fov_mm": [float(v) for v in extent],
         "patient": {"scale": pat.scale, "fat": pat.fat, "bone_hu": pat.bone_hu, "contrast": pat.contrast,
+                    "arch_density": pat.arch_density, "process_density": pat.process_density,
+                    "process_cortex": pat.process_cortex,
                     "curve": list(pat.curve), "scoliosis": pat.scoliosis},
         "transitional": {"T13": any(lv.label == 28 for lv in pat.levels),
                          "L6": any(lv.label == 25 for lv in pat.levels),

@@ -7,7 +7,11 @@ Each case is brought to the cascade's canonical 1 mm frame (what the models read
   (cancellous bone), ``ring_hu`` p10/p50/p90 4-12 mm outside them (muscle, fat, discs);
 * ``noise_hu``: robust sigma of neighbour differences in soft tissue (-150..150 HU in the ring),
   divided by sqrt(2): the grain the detector and the segmenter must ignore;
-* ``surface_gradient_hu_mm``: median gradient magnitude on the mask surface: how sharp bone edges are.
+* ``surface_gradient_hu_mm``: median gradient magnitude on the mask surface: how sharp bone edges are;
+* ``process_excess_hu``: how much brighter the transverse processes read than the body (median over
+  vertebrae of the lateral parts' median minus the body's, parts cut about each mask's centroid). Real
+  processes are barely denser than the body; a segmenter trained only on bright ones stops at the
+  pedicles of a real scan.
 
 A phantom set looks real when the real cases fall inside the phantoms' spread on every line; the report
 (JSON, markdown, PNG) shows both groups side by side.
@@ -24,7 +28,11 @@ import numpy as np
 from engine.errors import InputError, OutputExistsError
 
 METRICS = ("inplane_mm", "slice_mm", "vertebra_hu_p10", "vertebra_hu_p50", "vertebra_hu_p90", "inner_hu_p50",
-           "ring_hu_p50", "noise_hu", "surface_gradient_hu_mm")
+           "ring_hu_p50", "noise_hu", "surface_gradient_hu_mm", "process_excess_hu")
+# Parts of a vertebra in the 1 mm frame, about its centroid: the body lies more than BODY_AHEAD_MM in
+# front of it; the transverse processes more than PROCESS_SIDE_MM to either side and not in front.
+BODY_AHEAD_MM, PROCESS_SIDE_MM = 5, 22
+PART_MIN_VOXELS = 200
 
 
 @dataclass
@@ -42,6 +50,26 @@ class CaseRealism:
     ring_hu_p90: float
     noise_hu: float | None
     surface_gradient_hu_mm: float
+    process_excess_hu: float | None = None
+
+
+def process_excess(iso: np.ndarray, labels: np.ndarray) -> float | None:
+    """Median over vertebrae of (transverse processes' median - body's median) HU; None when no vertebra
+    shows both parts. Canonical LPI arrays (k, j, i): j grows towards posterior, i towards left."""
+    k, j, i = np.nonzero(labels)
+    ids, inv = np.unique(labels[k, j, i], return_inverse=True)
+    hu = iso[k, j, i]
+    n = np.bincount(inv)
+    jc, ic = (np.bincount(inv, weights=j) / n)[inv], (np.bincount(inv, weights=i) / n)[inv]
+    body = j < jc - BODY_AHEAD_MM
+    side = (np.abs(i - ic) > PROCESS_SIDE_MM) & (j > jc - 2)
+    out = []
+    for v in range(len(ids)):
+        mine = inv == v
+        b, s = hu[mine & body], hu[mine & side]
+        if b.size >= PART_MIN_VOXELS and s.size >= PART_MIN_VOXELS // 2:
+            out.append(float(np.median(s) - np.median(b)))
+    return round(float(np.median(out)), 1) if out else None
 
 
 def measure(iso: np.ndarray, labels: np.ndarray, spacing_xyz, case: str, group: str) -> CaseRealism:
@@ -68,7 +96,8 @@ def measure(iso: np.ndarray, labels: np.ndarray, spacing_xyz, case: str, group: 
                        round(float(v50), 1), round(float(v90), 1),
                        round(float(np.median(iso[inner])), 1) if inner.any() else None,
                        round(float(r10), 1), round(float(r50), 1), round(float(r90), 1),
-                       None if noise is None else round(noise, 1), round(float(np.median(g[surface])), 1))
+                       None if noise is None else round(noise, 1), round(float(np.median(g[surface])), 1),
+                       process_excess(iso, labels))
 
 
 def measure_folder(folder: Path, group: str, limit: int | None = None, progress=None) -> list[CaseRealism]:

@@ -64,9 +64,14 @@ def paint_vertebrae(grid: WorkGrid, hu: np.ndarray, lab: np.ndarray, pat: Patien
         cortex = pat.cortex_mm
         if d_body is not None:
             # The body's side walls are a thin shell (~0.5-1 mm); the neural arch is mostly compact bone.
-            cortex = pat.cortex_mm * (1.0 - 0.5 * occupancy(d_body - 1.5, 2.0))
-            # Processes and arch are denser inside than the body's marrow.
-            canc = canc + (0.6 * pat.bone_hu + 80.0) * (1.0 - occupancy(d_body - 2.0, 3.0))
+            lat = _process_share(lv, p[0])
+            arch_c = 1.0 + (pat.process_cortex - 1.0) * lat
+            cortex = pat.cortex_mm * (arch_c - (arch_c - 0.5) * occupancy(d_body - 1.5, 2.0))
+            # Processes and arch are denser inside than the body's marrow, by how much varies by patient: real
+            # transverse processes read from the body's HU to ~80 HU above it, laminae ~100-260 above
+            # (phantom.realism's process_excess_hu).
+            dense = pat.arch_density + (pat.process_density - pat.arch_density) * lat
+            canc = canc + dense * (0.6 * pat.bone_hu + 80.0) * (1.0 - occupancy(d_body - 2.0, 3.0))
             # Basivertebral venous plexus: a darker patch at the middle of the posterior body.
             b, hh = lv.dims["D"] / 2, lv.dims["H"] / 2
             d_bv = ellipsoid(p, (0.0, 0.55 * b, 0.0), (0.22 * lv.dims["W"] / 2 + 2, 0.3 * b, 0.22 * hh + 1.0))
@@ -78,6 +83,14 @@ def paint_vertebrae(grid: WorkGrid, hu: np.ndarray, lab: np.ndarray, pat: Patien
         inside = d < 0
         sub = lab[sl]
         sub[inside & (sub == 0)] = lv.label
+
+
+def _process_share(lv: Level, x: np.ndarray) -> np.ndarray:
+    """0 on the midline arch (laminae, spinous process) -> 1 lateral of the pedicles (transverse processes),
+    over a few mm; ``x`` = the vertebra's local left-right coordinate (mm)."""
+    d = lv.dims
+    edge = d["canW"] / 2 + d["pedR"] * 1.3
+    return np.clip((np.abs(x) - edge) / 4.0 + 0.5, 0.0, 1.0).astype(np.float32)
 
 
 def _rib_path(lv: Level, sgn: float, pat: Patient) -> np.ndarray:

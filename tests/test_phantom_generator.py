@@ -254,3 +254,40 @@ def test_spinal_canal_holds_csf_cord_and_epidural_fat():
             checked += 1
     assert checked >= 10
     assert at(lo + 2.0) == muscle  # nothing painted outside the canal
+
+
+def test_process_excess_reads_transverse_processes_against_the_body():
+    """Known image: body 100 HU, transverse processes 150, a bright midline arch 600 that must not count."""
+    from phantom.realism import process_excess
+
+    lab = np.zeros((20, 90, 100), np.uint8)
+    iso = np.zeros(lab.shape, np.float32)
+    lab[:, 5:35, 35:65], iso[:, 5:35, 35:65] = 20, 100.0           # body, in front
+    lab[:, 45:50, 5:20], iso[:, 45:50, 5:20] = 20, 150.0           # right process
+    lab[:, 45:50, 80:95], iso[:, 45:50, 80:95] = 20, 150.0         # left process
+    lab[:, 40:80, 46:54], iso[:, 40:80, 46:54] = 20, 600.0         # laminae and spinous process
+    assert process_excess(iso, lab) == 50.0
+    assert process_excess(iso, np.where(iso == 150.0, 0, lab).astype(np.uint8)) is None  # no processes
+
+
+def test_generator5_draws_how_bright_the_processes_read(monkeypatch):
+    """Generator 5: the transverse processes' density and cortex are per-patient draws (meta records them);
+    faint ones read near the body's HU as in real scans, generator 4's were ~300 HU above it."""
+    import phantom.generator as G
+    from engine.preprocess import volume_to_image
+    from phantom.realism import process_excess
+
+    drawn = [generate(s, "default", span=(20, 21), spacing=(2.0, 2.0, 2.0)).meta["patient"] for s in (1, 2)]
+    assert all(0.0 <= d["process_density"] <= 1.0 and 0.3 <= d["process_cortex"] <= 1.0 for d in drawn)
+    assert drawn[0]["process_density"] != drawn[1]["process_density"]
+    orig = G._sample_arch
+    excess = []
+    for density, cortex in ((0.0, 0.3), (1.0, 1.0)):
+        def forced(pat, rng, density=density, cortex=cortex):
+            orig(pat, rng)
+            pat.process_density, pat.process_cortex = density, cortex
+        monkeypatch.setattr(G, "_sample_arch", forced)
+        c = G.generate(7, "default", span=(20, 22), spacing=(1.0, 1.0, 1.0), orientation="LPS")
+        ct, lab = (sitk.GetArrayFromImage(volume_to_image(v)) for v in (c.ct, c.labels))
+        excess.append(process_excess(ct[::-1].astype(np.float32), lab[::-1]))  # LPS -> the canonical LPI
+    assert excess[0] < 80 < 200 < excess[1]
