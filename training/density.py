@@ -1,17 +1,17 @@
 """Bone-density spread: a crop as an osteoporotic (or differently calibrated) patient's scan would show it.
 
 The real CTs in ../shared/data/real have vertebrae at median 147-163 HU (cancellous 64-122 HU); the held-out
-phantoms at 246-558 HU (cancellous 159-323). The shipped segmenter under-segments the real ones (predicted /
+phantoms at 246-558 HU (cancellous 159-323). The session-13 segmenter under-segments the real ones (predicted /
 true volume 0.70). Scaling everything above soft tissue toward it reproduces thinner, fainter bone while
 soft tissue, fat and air stay as they are.
 
 A real vertebra is not faint evenly: its transverse processes sit at 145-210 HU in the real CTs (median),
 hardly above its body (84-149), while the default phantoms draw them as solid cortex at 360-500 HU, twice
-their body. The shipped segmenter stops at the pedicles of real vertebrae: of the voxels it misses more
+their body. The session-20 segmenter stops at the pedicles of real vertebrae: of the voxels it misses more
 than a voxel deep, 75 % lie behind the body (mean over the 8 whole real vertebrae;
 evaluation/results/2026-12-02-s22). So half the draws scale by a smooth random field instead of one
 number, a few cells across the crop (~36 mm each), so that body, processes and neighbours fade
-independently.
+independently. The session-22 segmenter (shipped in session 23) trained with it in 40 % of its samples.
 """
 from __future__ import annotations
 

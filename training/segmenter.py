@@ -35,7 +35,7 @@ AUGMENT = {"flip_i_p": 0.5, "thick_slice_p": 0.3, "thick_slice_sigma_vox": [0.5,
 # Dice 0.754 -> 0.775 but whole ones 0.879 -> 0.874, and in the cascade 7 false vertebrae instead of 1
 # (identification 94.0 -> 91.5 %), so it was not shipped.
 SAMPLING = {"cut_p": 0.0, "patch_on_mask_p": 0.0}
-# Real-scan spread (both off for the shipped schedule; --density-p / --coarse-p): fainter bone
+# Real-scan spread (off by default; the shipped stage 10 ran --density-p 0.4 --coarse-p 0.15): fainter bone
 # (training.density) and coarse scanners (training.lowres; the target stays the 1 mm truth).
 REAL_SPREAD = {"density_p": 0.0, "coarse_p": 0.0}
 VAL_OFFSET_MM = 3.0  # "a realistic detector error": a fixed offset of this length in a random direction
