@@ -15,6 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES), help="sampling profile")
     p.add_argument("--orientation", default=None, help="force a storage orientation code, e.g. LPS, RAS, PIR")
+    p.add_argument("--generator", type=int, default=None,
+                   help="generator version to make (default the newest; 4 rebuilds the data the shipped models "
+                        "were trained and judged on)")
     p.add_argument("--overwrite", action="store_true", help="replace existing case files")
     p.set_defaults(func=run)
 
@@ -28,12 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from engine.errors import InputError, OutputExistsError
     from phantom import generate, write_case
     from phantom.io import case_paths
+    from phantom.generator import GENERATOR_VERSION, GENERATOR_VERSIONS
     from phantom.scanner import ALL_CODES
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
     if args.seed < 0:
         raise InputError(f"--seed must be non-negative, got {args.seed}")
+    version = GENERATOR_VERSION if args.generator is None else args.generator
+    if version not in GENERATOR_VERSIONS:
+        raise InputError(f"--generator must be one of {', '.join(map(str, GENERATOR_VERSIONS))}, got {version}")
     if args.orientation is not None and args.orientation.upper() not in ALL_CODES:
         raise InputError(f"--orientation {args.orientation!r} is not an orientation code like LPS, RAS, PIR")
     out = Path(args.out)
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                   TextColumn("{task.description}")) as prog:
         task = prog.add_task("", total=args.n)
         for i in range(args.n):
-            case = generate(args.seed + i, args.profile, orientation=orient)
+            case = generate(args.seed + i, args.profile, orientation=orient, generator=version)
             write_case(case, out, overwrite=args.overwrite)
             prog.update(task, advance=1, description=f"{case.case_id} {len(case.centroids)} vertebrae")
     print(f"wrote {args.n} case(s) to {out}")

@@ -30,6 +30,9 @@ MAX_WORK_VOXELS = 36_000_000
 # 5: arch and transverse-process density and process cortex per patient (real processes read barely
 # above the body; generator 4's were twice its HU).
 GENERATOR_VERSION = 5
+# Versions generate() can still make: each added only its own random stream, so an earlier version's data
+# set (held-out sets, the shipped models' training data) is rebuilt from its seeds exactly.
+GENERATOR_VERSIONS = (4, 5)
 HU_MIN, HU_MAX = -1024, 3071
 
 
@@ -178,16 +181,20 @@ def _seeded(seed: int, profile: str, stream: int) -> np.random.Generator:
 
 
 def generate(seed: int, profile: str = "default", orientation: str | None = None,
-             span: tuple[int, int] | None = None, spacing: tuple[float, float, float] | None = None) -> Case:
+             span: tuple[int, int] | None = None, spacing: tuple[float, float, float] | None = None,
+             generator: int = GENERATOR_VERSION) -> Case:
     """One phantom CT, deterministic for (seed, profile).
 
     ``orientation`` forces the storage orientation code (e.g. "LPS", "RAS", "PIR"); the anatomy, the
     voxel grid in LPS and the noise do not depend on it, so the same seed stored two ways holds the same
     image, only permuted/flipped. ``span`` (first, last VerSe label) forces the levels in the field of view,
     ``spacing`` (x, y, z mm) the voxel size; both are overrides for special cases (the demo sample).
+    ``generator``: the version to make (``GENERATOR_VERSIONS``); 4 leaves out version 5's arch draws.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SpinertError(f"phantom seed must be a non-negative integer, got {seed!r}")
+    if generator not in GENERATOR_VERSIONS:
+        raise SpinertError(f"phantom generator version must be one of {GENERATOR_VERSIONS}, got {generator!r}")
     prof = get_profile(profile)
     t0 = time.perf_counter()
     rng = _seeded(seed, profile, 0)
@@ -207,7 +214,8 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
     hu = np.full(shape, -1000.0, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.uint8)
     tissue = _seeded(seed, profile, 3)  # generator 4's own stream: the rest of a seed is generator 3's
-    _sample_arch(pat, _seeded(seed, profile, 4))  # generator 5's
+    if generator >= 5:
+        _sample_arch(pat, _seeded(seed, profile, 4))  # generator 5's
     paint_soft_tissue(grid, hu, pat, rng, tissue)
     paint_canal(grid, hu, pat, tissue)
     texture = fine_texture(shape, rng, grid.h)
@@ -254,7 +262,7 @@ def generate(seed: int, profile: str = "default", orientation: str | None = None
     centroids = label_centroids(lab_img)
     present = [c["label"] for c in centroids]
     meta = {
-        "generator": GENERATOR_VERSION, "seed": int(seed), "profile": profile, "orientation": code,
+        "generator": int(generator), "seed": int(seed), "profile": profile, "orientation": code,
         "spacing": [float(s) for s in ct_img.GetSpacing()], "size": list(ct_img.GetSize()),
         "labels": present, "names": [NAMES[lb] for lb in present],
         "full_body_fov": full, "fov_mm": [float(v) for v in extent],

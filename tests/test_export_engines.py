@@ -20,6 +20,8 @@ from engine.models import load_manifest, sha256_file, write_manifest
 from export import flavour as fl
 from spinert.cli import main
 
+from _int8_refusal import refuse_int8
+
 pytestmark = pytest.mark.skipif(not fl.installed("tensorrt_rtx"),
                                 reason="TensorRT for RTX (tensorrt-rtx-cu13-bindings) is not installed")
 SHIPPED = Path(__file__).resolve().parents[1] / "spinert" / "models"
@@ -268,13 +270,12 @@ def test_tiny_retrain_makes_exactly_that_engine_stale(built, tmp_path, capsys):
     assert np.isfinite(_manifest(out, "labeller")["build_seconds"])
 
 
-def test_int8_export_uses_the_fp16_engine_of_a_model_whose_int8_was_refused(built, capsys):
-    # The shipped segmenter's INT8 file was refused by the calibration guard: asked for INT8, the cascade
+def test_int8_export_uses_the_fp16_engine_of_a_model_whose_int8_was_refused(built, tmp_path, capsys):
+    # A segmenter whose INT8 file the calibration guard refused (sessions 13-20's): asked for INT8, the cascade
     # loads its FP16 engine (engine.models.run_precision), so that is the engine export checks and builds.
-    models, out = built
-    specs = load_manifest(models)
-    if "int8" in specs["segmenter"].files:
-        pytest.skip("the shipped segmenter has an accepted INT8 file")
+    _, out = built
+    models = _copy_models(tmp_path / "models")
+    refuse_int8(models, "segmenter")
     rc = main(["export", "--check", "--target", "rtx", "--precision", "int8", "--models", str(models), "--out", str(out)])
     lines = capsys.readouterr().out.splitlines()
     seg = [ln for ln in lines if " segmenter " in f" {ln} "]

@@ -11,6 +11,8 @@ from engine.cli import sample_paths
 from engine.models import MODEL_NAMES, load_manifest, run_precision, sha256_file
 from engine.pipeline import Cascade
 
+from _int8_refusal import refuse_int8
+
 SHIPPED = load_manifest()
 SAMPLE = sample_paths()["ct"]
 
@@ -87,13 +89,7 @@ def test_int8_falls_back_to_fp16_only_for_a_model_whose_int8_the_guard_refused(t
     for f in src.iterdir():
         if f.is_file():
             shutil.copyfile(f, tmp_path / f.name)
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    seg = m["models"]["segmenter"]
-    if "int8" in seg["files"]:  # a later calibration was accepted: make this copy the refused case again
-        for key in ("files", "sha256", "size_bytes"):
-            seg[key].pop("int8", None)
-        seg["int8_refused"] = {"reasons": ["test"], "source_sha256": seg["sha256"]["fp32"]}
-        (tmp_path / "manifest.json").write_text(json.dumps(m))
+    refuse_int8(tmp_path, "segmenter")  # session 23's was accepted: this copy is the refused case again
     specs = load_manifest(tmp_path)
     lacking = [n for n in MODEL_NAMES if "int8" not in specs[n].files]
     assert lacking == ["segmenter"] and run_precision(specs["segmenter"], "int8") == "fp16"

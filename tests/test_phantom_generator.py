@@ -291,3 +291,24 @@ def test_generator5_draws_how_bright_the_processes_read(monkeypatch):
         ct, lab = (sitk.GetArrayFromImage(volume_to_image(v)) for v in (c.ct, c.labels))
         excess.append(process_excess(ct[::-1].astype(np.float32), lab[::-1]))  # LPS -> the canonical LPI
     assert excess[0] < 80 < 200 < excess[1]
+
+
+def test_generator_4_is_still_made_exactly_and_others_refused(tmp_path):
+    """Version 5 only added its own random stream: asked for version 4, a seed gives the image without the
+    arch draws (so earlier data sets are rebuilt from their seeds), and its meta says which version."""
+    from engine.errors import SpinertError
+
+    old, new = (generate(SEED, PROFILE, generator=v) for v in (4, 5))
+    assert old.meta["generator"] == 4 and new.meta["generator"] == 5
+    assert old.meta["patient"]["process_density"] == old.meta["patient"]["arch_density"] == 1.0
+    np.testing.assert_array_equal(old.labels.array, new.labels.array)  # the anatomy is the same
+    assert not np.array_equal(old.ct.array, new.ct.array)  # only the arch's density differs
+    with pytest.raises(SpinertError, match="generator version"):
+        generate(SEED, PROFILE, generator=3)
+    r = _cli("phantom", "--out", str(tmp_path / "v4"), "--n", "1", "--seed", str(SEED), "--profile", PROFILE,
+             "--generator", "4")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(next((tmp_path / "v4").glob("*_meta.json")).read_text())
+    assert meta["generator"] == 4
+    bad = _cli("phantom", "--out", str(tmp_path / "v3"), "--n", "1", "--generator", "3")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--generator" in bad.stderr
