@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.errors import InputError, OutputExistsError
     from phantom import generate, write_case
-    from phantom.io import case_paths
     from phantom.generator import GENERATOR_VERSION, GENERATOR_VERSIONS
+    from phantom.io import case_paths
     from phantom.scanner import ALL_CODES
 
     if args.n < 1:

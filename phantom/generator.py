@@ -169,7 +169,7 @@ def _sample_spacing(rng, prof: Profile, extent: np.ndarray, coarse_rng: np.rando
 
 def _sample_arch(pat: Patient, rng: np.random.Generator) -> None:
     # Squared uniforms: most patients' processes read as the real ones do (process_excess_hu -5..80 on
-    # ../shared/data/real), the brightest as generator 4's (~200-330).
+    # ../shared/data/real), the brightest as generator 4's (100-400 over 8 held-out phantoms).
     u = rng.random(3)
     pat.arch_density = float(0.4 + 0.6 * u[0])
     pat.process_density = float(u[1] ** 2)
