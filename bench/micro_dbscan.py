@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from bench.runner import time_ms
 from engine.cluster import BoxSet, ClusterParams, assign_boxes, fraction_keep, stage1_points
 from engine.dbscan import DBSCAN
 
@@ -101,13 +101,7 @@ def detections_of_size(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _time_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (imports, caches)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+    return statistics.median(time_ms(fn, repeats))  # after one warm-up call (imports, caches)
 
 
 def bench_points(X: np.ndarray, repeats: int = 20, params: ClusterParams | None = None, xp=None) -> dict:

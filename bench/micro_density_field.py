@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.report import speedup_bars, write_micro
+from bench.runner import time_ms
 
 CELLS = 4
 
 
 def _median_s(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return statistics.median(time_ms(fn, repeats, warmup=0)) / 1e3
 
 
 def run(sizes: list[int], repeats: int = 5) -> list[dict]:

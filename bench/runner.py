@@ -219,7 +219,8 @@ def _cuda_event_timer():
     return start, stop
 
 
-def _time_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1, cuda: bool = False) -> list[float]:
+def time_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1, cuda: bool = False) -> list[float]:
+    """``repeats`` timings of ``fn`` in ms after ``warmup`` untimed calls (CUDA events with ``cuda``)."""
     for _ in range(warmup):
         fn()
     ev = _cuda_event_timer() if cuda else None
@@ -276,7 +277,7 @@ def model_sessions(backend: str, precision: str, batches: dict[str, int], repeat
             unit = "vertebra"
         feeds = {sess.input_names[0]: np.ascontiguousarray(x, dtype=np.float32)}
         on_gpu = str(sess.device).startswith("cuda") or backend in ("tensorrt", "tensorrt_rtx", "torch-cuda")
-        ts = _time_ms(lambda: sess.run(feeds), repeats, warmup, cuda=on_gpu)
+        ts = time_ms(lambda: sess.run(feeds), repeats, warmup, cuda=on_gpu)
         p = pct(ts)
         out[m] = {"batch": n, "input_shape": list(x.shape), "unit": unit, "batch_ms": p,
                   f"ms_per_{unit}": round(p["p50"] / n, 3), f"{unit}s_per_s": round(1e3 * n / p["p50"], 3),
@@ -345,7 +346,7 @@ def micro_nms(slices: int, per_slice: int, repeats: int, iou: float = 0.5, seed:
     score = rng.uniform(0.25, 1.0, g.size).astype(np.float32)
     order = np.lexsort([-score, g])  # decode()'s order: slice, best first
     g, xywh, score = g[order], xywh[order], score[order]
-    ours = _time_ms(lambda: nms(g, xywh, score, iou), repeats)
+    ours = time_ms(lambda: nms(g, xywh, score, iou), repeats)
     keep = nms(g, xywh, score, iou)
     try:
         import torch
@@ -361,7 +362,7 @@ def micro_nms(slices: int, per_slice: int, repeats: int, iou: float = 0.5, seed:
         ref_name = "greedy per-slice loop (numpy)"
         ref_fn = lambda: _greedy_nms_loop(g, xywh, score, iou)  # noqa: E731
         ref_keep = ref_fn()
-    ref = _time_ms(ref_fn, repeats)
+    ref = time_ms(ref_fn, repeats)
     o, r = statistics.median(ours), statistics.median(ref)
     return {"boxes": int(g.size), "slices": slices, "ours_ms": round(o, 4), "reference": ref_name,
             "reference_ms": round(r, 4), "speedup_vs_reference": round(r / o, 3),
@@ -387,8 +388,8 @@ def micro_resample(repeats: int) -> dict:
         return sitk.GetArrayFromImage(sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
                                                     (1.0, 1.0, 1.0), img.GetDirection(), -1000.0, sitk.sitkFloat32))
 
-    o = statistics.median(_time_ms(lambda: to_canonical(vol, 1.0), repeats))
-    r = statistics.median(_time_ms(plain, repeats))
+    o = statistics.median(time_ms(lambda: to_canonical(vol, 1.0), repeats))
+    r = statistics.median(time_ms(plain, repeats))
     out_shape = list(to_canonical(vol, 1.0).array.shape)
     return {"input_size_ijk": list(vol.size), "output_shape_kji": out_shape, "ours_ms": round(o, 3),
             "reference": "SimpleITK Resample (no reorientation)", "reference_ms": round(r, 3),
