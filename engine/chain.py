@@ -86,6 +86,14 @@ class ChainParams:
     # FragmentParams.min_mm3 of bone, and the segmenter draws a spinous tip short (87 of its 270 mm3 on
     # a held-out phantom), so here the segmenter only confirms it.
     min_piece_mm3: float = 50.0
+    # A part recovered beyond an end is the end vertebra's own when both hold (0 disables either): its
+    # centre lies within ``own_part_levels`` steps of the end vertebra's along the spine, and their masks
+    # share more than ``own_part_interface`` x (its volume)^(2/3) mm^2 (one bone, not two across a
+    # joint). Held-out 100002 starts inside L1: its arch, left out of the body's mask, came back 0.12
+    # steps (4 mm) from L1's centre as a "T12", sharing 7.5x. On the real abdomen CT the T11 sliver (the
+    # tips of T11's arch, which reach down beside T12's body) lies 0.28 steps from T12's centre: 1.4x.
+    own_part_levels: float = 0.3
+    own_part_interface: float = 3.0
     # One vertebra split in two (see the module docstring), all three must hold: centre distance below
     # ``split_ratio`` x the chain's median spacing (0 disables); shared mask surface (mm^2) above
     # ``split_interface`` x (smaller volume)^(2/3) (a cube's face is 1x); union volume below
@@ -109,6 +117,8 @@ class ChainParams:
             raise ValueError("recover_rounds must be >= 1, confirmed_rounds >= 0, confirm_min_p in [0, 1]")
         if self.min_partial_mm3 <= 0 or self.min_piece_mm3 <= 0:
             raise ValueError("min_partial_mm3 and min_piece_mm3 must be > 0")
+        if not 0.0 <= self.own_part_levels < 0.5 or self.own_part_interface < 0:
+            raise ValueError("own_part_levels must be in [0, 0.5) and own_part_interface >= 0")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
             raise ValueError("split_ratio must be >= 0, split_interface and split_max_volume > 0")
         if self.sacral_piece_interface < 0:
@@ -301,6 +311,32 @@ def same_vertebra_beyond_ends(kind: np.ndarray, side: np.ndarray, first: int = 0
         new = np.flatnonzero((kind > 0) & (side == s))
         if len(new) == 2:
             pairs.append((first + int(new[0]), first + int(new[1])))
+    return pairs
+
+
+def own_parts_beyond_ends(centers: np.ndarray, labels, first: int, kind, side,
+                          levels: float = 0.3) -> list[tuple[int, int]]:
+    """Pairs (end, i): recoveries beyond an end (``kind`` > 0, on ``side`` -1 top / +1 bottom) near
+    enough to be the end vertebra's own parts, their centre within ``levels`` steps of its centre along
+    the spine (ChainParams.own_part_levels; the caller checks their shared surface). ``centers`` (N, 3) canonical (k, j, i), k along the spine: the chain
+    found before, ``labels`` its decoded IDs, then the recoveries from index ``first`` on; ``kind``/
+    ``side`` per recovery. A step is the chain's median k distance per level: a face-cut end vertebra's
+    centre is its visible part's, so the end pair's own distance says little (held-out 100002: L1's
+    body slab lies half a step above L2 in k and 35 mm in front of its arch)."""
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 3)
+    kind, side = np.asarray(kind).reshape(-1), np.asarray(side).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if first < 2 or levels <= 0:
+        return []
+    o = np.argsort(c[:first, 0], kind="stable")
+    gaps = np.array([levels_between(int(labels[a]), int(labels[b])) for a, b in zip(o[:-1], o[1:])])
+    step = float(np.median(np.diff(c[o, 0]) / gaps))
+    if step < 1.0:
+        return []
+    pairs = []
+    for s, end in ((-1, o[0]), (1, o[-1])):
+        new = first + np.flatnonzero((kind > 0) & (side == s))
+        pairs += [(int(end), int(i)) for i in new[np.abs(c[new, 0] - c[end, 0]) < levels * step]]
     return pairs
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from engine import labels as L
 from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres,
-                          is_sacral_piece, near_level_p, off_chain, one_level_down, same_vertebra_beyond_ends)
+                          is_sacral_piece, near_level_p, off_chain, one_level_down, own_parts_beyond_ends,
+                          same_vertebra_beyond_ends)
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
@@ -391,6 +392,17 @@ class Cascade:
                     used |= {a, b}
         return merge(seg, splits), len(splits)
 
+    def _own_parts(self, seg, labels, first: int, kind, side) -> list[tuple[int, int]]:
+        """(end, i): recoveries that are an end vertebra's own parts (ChainParams.own_part_levels /
+        own_part_interface): near its centre along the spine and one bone with it."""
+        p, sp = self.config.chain, self.spacing
+        near = own_parts_beyond_ends(seg.centers_kji, labels, first, kind, side, p.own_part_levels)
+        if not p.own_part_interface:
+            return near
+        return [(a, b) for a, b in near
+                if interface(seg.owner, a, b, seg.boxes[a], seg.boxes[b]) * sp ** 2
+                > p.own_part_interface * (float(seg.voxels[b]) * sp ** 3) ** (2 / 3)]
+
     def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
         from engine.label import classify
 
@@ -454,15 +466,24 @@ class Cascade:
             src = -1 - np.asarray(more.source[m0:])
             end = np.concatenate([end, side[src]])
             piece = np.concatenate([piece, kind[src] == 2])
-            pairs = same_vertebra_beyond_ends(kind[src], beyond[src], m0)
+            kind_new, beyond_new = kind[src], beyond[src]
+            pairs = same_vertebra_beyond_ends(kind_new, beyond_new, m0)
             if pairs:
                 more = merge(more, pairs)
-                end[[a for a, _ in pairs]] = beyond[src][[a - m0 for a, _ in pairs]]  # placed like a piece
+                end[[a for a, _ in pairs]] = beyond_new[[a - m0 for a, _ in pairs]]  # placed like a piece
                 piece[[a for a, _ in pairs]] = True
                 end = np.delete(end, [b for _, b in pairs])
                 piece = np.delete(piece, [b for _, b in pairs])
-            # Found vertebrae that gave voxels back have new masks: all are scored again then.
-            probs = (self._classify(more, iso) if more.reclaimed
+                kind_new = np.delete(kind_new, [b - m0 for _, b in pairs])
+                beyond_new = np.delete(beyond_new, [b - m0 for _, b in pairs])
+            own = self._own_parts(more, labs, m0, kind_new, beyond_new)
+            if own:
+                more = merge(more, own)
+                end = np.delete(end, [b for _, b in own])
+                piece = np.delete(piece, [b for _, b in own])
+            # Found vertebrae that gave voxels back, or took their own parts in, have new masks: all are
+            # scored again then.
+            probs = (self._classify(more, iso) if more.reclaimed or own
                      else np.concatenate([probs, self._classify(more, iso, first=m0)]))
             labs, conf, info = self._decode(more, probs, canon, iso, end)
             doubt = [] if r < cfg.chain.confirmed_rounds else [
@@ -485,8 +506,9 @@ class Cascade:
                 break
         if found is None:
             return None
-        info["warnings"] = [f"{n_found} vertebra(e) missed by the detector found by the chain logic "
-                            f"(a gap in the label sequence, or cut by the field of view at an end)"] + info["warnings"]
+        if n_found:  # else only found vertebrae's own parts came back
+            info["warnings"] = [f"{n_found} vertebra(e) missed by the detector found by the chain logic (a gap in "
+                                f"the label sequence, or cut by the field of view at an end)"] + info["warnings"]
         return found
 
     def _detect(self, iso):

@@ -479,6 +479,26 @@ def test_a_slab_and_a_piece_beyond_the_same_end_are_one_vertebra():
     assert same_vertebra_beyond_ends([1, 2, 2, 1], [-1, -1, 1, 1]) == [(0, 1), (2, 3)]
 
 
+def test_a_part_recovered_within_a_fraction_of_a_step_of_an_end_is_that_vertebras_own():
+    from engine.chain import ChainParams, own_parts_beyond_ends
+
+    # L1, L2, L4, L5 (L3 missed: two levels between) 30 mm a level apart along k; then the recoveries.
+    chain = [[50.0, 0, 0], [80.0, 5, 0], [140.0, 5, 0], [170.0, 0, 0]]
+    labels = [20, 21, 23, 24]
+    rec = [[44.0, 30, 0],   # top, 0.2 steps above L1 and well behind it: L1's arch
+           [25.0, 0, 0],    # top, 0.83 steps: the next vertebra's slab
+           [110.0, 5, 0],   # the missed level: never an end's part
+           [178.0, 20, 0]]  # bottom piece 0.27 steps below L5
+    kind, side = [1, 1, 0, 2], [-1, -1, 1, 1]
+    assert own_parts_beyond_ends(chain + rec, labels, 4, kind, side, 0.3) == [(0, 4), (3, 7)]
+    # A tighter fraction keeps only the nearer part; 0 turns the rule off; one vertebra has no step.
+    assert own_parts_beyond_ends(chain + rec, labels, 4, kind, side, 0.25) == [(0, 4)]
+    assert own_parts_beyond_ends(chain + rec, labels, 4, kind, side, 0.0) == []
+    assert own_parts_beyond_ends(chain[:1] + rec, labels[:1], 1, kind, side) == []
+    with pytest.raises(ValueError):
+        ChainParams(own_part_levels=0.5)
+
+
 def test_a_bone_longer_than_the_segmenters_reach_is_regrown_from_its_centroid(synth):
     from scipy import ndimage as ndi
 
