@@ -86,8 +86,8 @@ class ChainParams:
     # FragmentParams.min_mm3 of bone, and the segmenter draws a spinous tip short (87 of its 270 mm3 on
     # a held-out phantom), so here the segmenter only confirms it.
     min_piece_mm3: float = 50.0
-    # A part recovered beyond an end is the end vertebra's own when both hold (0 disables either): its
-    # centre lies within ``own_part_levels`` steps of the end vertebra's along the spine, and their masks
+    # A part recovered beyond an end is the end vertebra's own when both hold (own_part_levels 0 turns
+    # this off): its centre lies within ``own_part_levels`` steps of the end vertebra's along the spine, and their masks
     # share more than ``own_part_interface`` x (its volume)^(2/3) mm^2 (one bone, not two across a
     # joint). Held-out 100002 starts inside L1: its arch, left out of the body's mask, came back 0.12
     # steps (4 mm) from L1's centre as a "T12", sharing 7.5x. On the real abdomen CT the T11 sliver (the
@@ -214,8 +214,7 @@ def is_split(interface_mm2: float, volume_a_mm3: float, volume_b_mm3: float, med
     """Whether two close neighbours' masks are one vertebra: they share a cross-section, not a facet,
     and together are no larger than a vertebra."""
     p = params or ChainParams()
-    smaller = min(volume_a_mm3, volume_b_mm3)
-    return (interface_mm2 > p.split_interface * smaller ** (2.0 / 3.0)
+    return (shares_bone(interface_mm2, min(volume_a_mm3, volume_b_mm3), p.split_interface)
             and volume_a_mm3 + volume_b_mm3 < p.split_max_volume * median_volume_mm3)
 
 
@@ -225,8 +224,15 @@ def is_sacral_piece(interface_mm2: float, volume_mm3: float, recovered: bool,
     the chain logic recovered it (the detector did not find it), and its mask meets the sacrum's over
     ``interface_mm2`` above ``sacral_piece_interface`` x ``volume_mm3`` ** (2/3)."""
     p = params or ChainParams()
-    return (p.sacral_piece_interface > 0 and recovered
-            and interface_mm2 > p.sacral_piece_interface * volume_mm3 ** (2.0 / 3.0))
+    return p.sacral_piece_interface > 0 and recovered and shares_bone(interface_mm2, volume_mm3,
+                                                                       p.sacral_piece_interface)
+
+
+def shares_bone(interface_mm2: float, volume_mm3: float, ratio: float) -> bool:
+    """Whether a mask of ``volume_mm3`` meets another over more than ``ratio`` of its own cross-sections
+    (``interface_mm2`` > ratio x volume^(2/3); a cube's face is 1x): one bone drawn as two masks, not two
+    bones across a joint or a disc."""
+    return interface_mm2 > ratio * volume_mm3 ** (2.0 / 3.0)
 
 
 def above(centers: np.ndarray, labels, i: int) -> int | None:
@@ -318,9 +324,9 @@ def own_parts_beyond_ends(centers: np.ndarray, labels, first: int, kind, side,
                           levels: float = 0.3) -> list[tuple[int, int]]:
     """Pairs (end, i): recoveries beyond an end (``kind`` > 0, on ``side`` -1 top / +1 bottom) near
     enough to be the end vertebra's own parts, their centre within ``levels`` steps of its centre along
-    the spine (ChainParams.own_part_levels; the caller checks their shared surface). ``centers`` (N, 3) canonical (k, j, i), k along the spine: the chain
-    found before, ``labels`` its decoded IDs, then the recoveries from index ``first`` on; ``kind``/
-    ``side`` per recovery. A step is the chain's median k distance per level: a face-cut end vertebra's
+    the spine (ChainParams.own_part_levels; the caller checks their shared surface, ``shares_bone``).
+    ``centers`` (N, 3) canonical (k, j, i), k along the spine: the chain found before, ``labels`` its
+    decoded IDs, then the recoveries from index ``first`` on; ``kind``/``side`` per recovery. A step is the chain's median k distance per level: a face-cut end vertebra's
     centre is its visible part's, so the end pair's own distance says little (held-out 100002: L1's
     body slab lies half a step above L2 in k and 35 mm in front of its arch)."""
     c = np.asarray(centers, dtype=np.float64).reshape(-1, 3)

@@ -20,7 +20,7 @@ import numpy as np
 from engine import labels as L
 from engine.chain import (ChainParams, above, close_pairs, end_centres, is_split, join_halves, missed_centres,
                           is_sacral_piece, near_level_p, off_chain, one_level_down, own_parts_beyond_ends,
-                          same_vertebra_beyond_ends)
+                          same_vertebra_beyond_ends, shares_bone)
 from engine.cluster import ClusterParams, cluster_boxes
 from engine.detect import DetectParams, detect, select_slices
 from engine.errors import InputError, ModelError
@@ -397,11 +397,9 @@ class Cascade:
         own_part_interface): near its centre along the spine and one bone with it."""
         p, sp = self.config.chain, self.spacing
         near = own_parts_beyond_ends(seg.centers_kji, labels, first, kind, side, p.own_part_levels)
-        if not p.own_part_interface:
-            return near
         return [(a, b) for a, b in near
-                if interface(seg.owner, a, b, seg.boxes[a], seg.boxes[b]) * sp ** 2
-                > p.own_part_interface * (float(seg.voxels[b]) * sp ** 3) ** (2 / 3)]
+                if shares_bone(interface(seg.owner, a, b, seg.boxes[a], seg.boxes[b]) * sp ** 2,
+                               float(seg.voxels[b]) * sp ** 3, p.own_part_interface)]
 
     def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
         from engine.label import classify
