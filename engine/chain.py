@@ -26,7 +26,9 @@ Two facts of anatomy the per-vertebra models do not know:
   level. The recovery then segments S1 as one more vertebra, "L5", and every label above moves one level
   up. A recovered vertebra right above the regrown sacrum whose mask meets it over several of its own
   cross-sections (L5 meets S1 across a disc, at most at its rim) is the sacrum's top: it joins the
-  sacrum and the labels above it move one level back down.
+  sacrum and the labels above it move one level back down. When the labeller instead reads that piece
+  as the transitional L6, it is the same bone whether the detector found it or not, and L5 above it is
+  already right: it joins the sacrum and no label moves.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.labels import CRANIOCAUDAL, ORDER_INDEX
+from engine.labels import CRANIOCAUDAL, L6, ORDER_INDEX, T13
 
 
 @dataclass
@@ -219,13 +221,15 @@ def is_split(interface_mm2: float, volume_a_mm3: float, volume_b_mm3: float, med
 
 
 def is_sacral_piece(interface_mm2: float, volume_mm3: float, recovered: bool,
-                    params: ChainParams | None = None) -> bool:
+                    params: ChainParams | None = None, label: int = 0) -> bool:
     """Whether the vertebra right above the regrown sacrum (``above``) is the sacrum's top segmented apart:
-    the chain logic recovered it (the detector did not find it), and its mask meets the sacrum's over
-    ``interface_mm2`` above ``sacral_piece_interface`` x ``volume_mm3`` ** (2/3)."""
+    the chain logic recovered it (the detector did not find it) or the labeller read it as the
+    transitional L6 (``label``; a level most spines lack, so an extra either way), and its mask meets the
+    sacrum's over ``interface_mm2`` above ``sacral_piece_interface`` x ``volume_mm3`` ** (2/3)."""
     p = params or ChainParams()
-    return p.sacral_piece_interface > 0 and recovered and shares_bone(interface_mm2, volume_mm3,
-                                                                       p.sacral_piece_interface)
+    extra = recovered or int(label) == L6
+    return p.sacral_piece_interface > 0 and extra and shares_bone(interface_mm2, volume_mm3,
+                                                                  p.sacral_piece_interface)
 
 
 def shares_bone(interface_mm2: float, volume_mm3: float, ratio: float) -> bool:
@@ -263,7 +267,7 @@ def missed_centres(centers: np.ndarray, missed: list[tuple[int, int, list[int]]]
 # Nothing lies above C1 or below the sacrum/coccyx that the cascade should label.
 NO_ABOVE = (1,)
 NO_BELOW = (26, 27)
-TRANSITIONAL = (25, 28)  # L6, T13: absent in most spines
+TRANSITIONAL = (L6, T13)  # absent in most spines
 
 
 def levels_between(a: int, b: int) -> int:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 BACKGROUND = 0
+L6 = 25
 SACRUM = 26
+T13 = 28
 NAMES: dict[int, str] = {i: f"C{i}" for i in range(1, 8)}
 NAMES.update({i: f"T{i - 7}" for i in range(8, 20)})
 NAMES.update({i: f"L{i - 19}" for i in range(20, 25)})

@@ -340,8 +340,9 @@ class Cascade:
                              self.spacing, cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
                 seg, probs, labs, conf, joined = self._join_sacral_piece(seg, probs, labs, conf, info, int(sacrum[0]))
         if joined:
+            moved = "stay" if joined == L.L6 else "moved one level down"
             warnings.append(f"the sacrum's top was segmented apart as {L.name(joined)} and joined to it; the "
-                            f"labels above it moved one level down")
+                            f"labels above it {moved}")
         result.info["sacral_piece"] = int(joined > 0)
         result.info["recovered"] = len(seg.recovered)
         result.info["regrown"] = len(sacrum)
@@ -362,10 +363,12 @@ class Cascade:
         if j is None or seg.boxes[j] is None or seg.boxes[s] is None:
             return seg, probs, labs, conf, 0
         face = interface(seg.owner, s, j, seg.boxes[s], seg.boxes[j]) * sp ** 2
-        if not is_sacral_piece(face, float(seg.voxels[j]) * sp ** 3, j in seg.recovered, self.config.chain):
+        if not is_sacral_piece(face, float(seg.voxels[j]) * sp ** 3, j in seg.recovered, self.config.chain,
+                               label=int(labs[j])):
             return seg, probs, labs, conf, 0
         up = np.flatnonzero((labs > 0) & (seg.centers_kji[:, 0] < seg.centers_kji[j, 0]))
-        moved = one_level_down(labs[up])
+        # Read as L6, the piece was counted as a level of its own, not as L5: the labels above stand.
+        moved = labs[up] if labs[j] == L.L6 else one_level_down(labs[up])
         if moved is None:
             return seg, probs, labs, conf, 0
         old = int(labs[j])

@@ -358,6 +358,8 @@ def test_a_recovered_piece_meeting_the_sacrum_over_cross_sections_is_its_top():
     assert is_sacral_piece(5400.0, v, True)  # held-out hard-100104: S1 segmented apart, 4.3x
     assert not is_sacral_piece(1800.0, v, True)  # the real abdomen's L5 over its disc: 1.45x
     assert not is_sacral_piece(5400.0, v, False)  # a detected L5 stays a vertebra
+    assert is_sacral_piece(5400.0, v, False, label=IDS["L6"])  # read as the transitional L6: an extra level
+    assert not is_sacral_piece(1800.0, v, False, label=IDS["L6"])  # a true L6 over its disc stays
     assert not is_sacral_piece(5400.0, v, True, ChainParams(sacral_piece_interface=0.0))  # the switch
     with pytest.raises(ValueError):
         ChainParams(sacral_piece_interface=-1.0)

@@ -361,3 +361,34 @@ def test_two_levels_unseen_beyond_an_end_are_found_one_per_round(cascade):
     names = [v.name for v in res.vertebrae]
     assert [CRANIOCAUDAL.index(IDS[n]) for n in names] == list(range(CRANIOCAUDAL.index(IDS[names[0]]),
                                                                     CRANIOCAUDAL.index(IDS[names[0]]) + 6))
+
+
+def _stack_of_blocks(face_open: bool):
+    """L4, L5, "L6" and the sacrum as blocks down canonical k. The "L6" is a 2-voxel slab: S1's top cut
+    off the sacrum, which it touches across its whole cross-section (``face_open``: 100 faces, 2.9 x its
+    volume^(2/3)), or a thin vertebra across a disc gap (no contact)."""
+    from engine.segment import Segmentation
+    owner = np.zeros((60, 12, 12), np.uint8)
+    spans = [(2, 10), (14, 22), (26, 28), (28 if face_open else 31, 50)]
+    for n, (a, b) in enumerate(spans):
+        owner[a:b, 1:11, 1:11] = n + 1
+    boxes = [(slice(a, b), slice(1, 11), slice(1, 11)) for a, b in spans]
+    vox = np.array([(b - a) * 100 for a, b in spans], np.int64)
+    ctr = np.array([[(a + b - 1) / 2, 5.5, 5.5] for a, b in spans])
+    seg = Segmentation(owner=owner, centers_kji=ctr, voxels=vox, boxes=boxes, source=np.arange(4))
+    labs = np.array([IDS["L4"], IDS["L5"], IDS["L6"], IDS["S"]])
+    probs = np.full((4, 3), 1 / 3)
+    return seg, probs, labs, np.ones(4)
+
+
+@pytest.mark.parametrize("face_open", [True, False])
+def test_an_l6_sharing_a_cross_section_with_the_sacrum_is_its_top_and_no_label_moves(cascade, face_open):
+    seg, probs, labs, conf = _stack_of_blocks(face_open)
+    out, p2, l2, c2, joined = cascade._join_sacral_piece(seg, probs, labs, conf, {}, 3)
+    if not face_open:  # a true L6 across its disc (the detector found it): a vertebra of its own
+        assert joined == 0 and l2.tolist() == labs.tolist()
+        return
+    assert joined == IDS["L6"]
+    assert l2.tolist() == [IDS["L4"], IDS["L5"], IDS["S"]]  # L5 above it was right: nothing moves down
+    assert len(out.voxels) == 3 and out.voxels[2] == seg.voxels[2] + seg.voxels[3]
+    assert len(p2) == len(c2) == 3
