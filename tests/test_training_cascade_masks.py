@@ -138,3 +138,37 @@ def test_chain_accuracy_decodes_each_case_like_the_runtime():
     both = labeller.chain_accuracy(np.concatenate([scores(truth), scores([19, 20, 21, 22, 23])]), truth + truth,
                                    chain + _chain(truth, "c1"), cut + cut, classes, 1.0)
     assert both["chain_acc"] == 0.5 and both["chain_cases"] == 0.5 and both["n_chains"] == 2
+
+
+def _same_npz(a: list[Path], b: list[Path]) -> None:
+    assert [p.name for p in a] == [p.name for p in b]
+    for pa, pb in zip(a, b):
+        with np.load(pa) as za, np.load(pb) as zb:
+            assert za.files == zb.files
+            for k in za.files:
+                np.testing.assert_array_equal(za[k], zb[k])
+
+
+def test_caches_filled_by_two_processes_equal_one_process(data_dir, masks, tmp_path):
+    from training import segmenter
+
+    ids = data.list_cases(data_dir)
+    pp = dict(labeller.PREPROCESS)
+    one = labeller.cache_vertebrae(data_dir, ids, tmp_path / "lab1", pp, masks, workers=1)
+    two = labeller.cache_vertebrae(data_dir, ids, tmp_path / "lab2", pp, masks, workers=2)
+    assert len(one) == 6
+    _same_npz(one, two)  # each worker opened its own segmenter session from the models folder
+    spp = dict(segmenter.PREPROCESS, roi=32)
+    _same_npz(segmenter.cache_rois(data_dir, ids, tmp_path / "seg1", spp, 2, workers=1),
+              segmenter.cache_rois(data_dir, ids, tmp_path / "seg2", spp, 2, workers=2))
+    # A cached case is not cached again: its files keep their modification time.
+    stamp = [p.stat().st_mtime_ns for p in two]
+    assert labeller.cache_vertebrae(data_dir, ids, tmp_path / "lab2", pp, masks, workers=2) == two
+    assert [p.stat().st_mtime_ns for p in two] == stamp
+
+
+def test_workers_below_one_is_one_line(data_dir, tmp_path, capsys):
+    rc = main(["train", "labeller", "--tiny", "--data", str(data_dir), "--out", str(tmp_path / "m"),
+               "--work", str(tmp_path / "w"), "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--workers" in err[0]

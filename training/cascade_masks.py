@@ -41,10 +41,15 @@ class SegmenterMasks:
         from engine.backends import load_session
         from engine.models import load_manifest
 
+        self.models_dir, self.threads = models_dir, threads
         self.spec = load_manifest(models_dir)["segmenter"]
         self.spec.verify("fp32")
         self.session = load_session(self.spec, "onnxruntime", "fp32", threads=threads)
         self.offset_mm = float(offset_mm)
+
+    def __reduce__(self):
+        # A cache worker process opens its own session (an ONNX Runtime session does not pickle).
+        return SegmenterMasks, (self.models_dir, self.offset_mm, self.threads)
 
     @property
     def tag(self) -> str:

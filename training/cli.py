@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--val-data", metavar="DIR",
                    help="validate on this VerSe-style folder's cases instead (new case ids; --data then all trains)")
     p.add_argument("--max-cases", type=int, help="use only the first N cases")
+    p.add_argument("--workers", type=int,
+                   help="processes that fill the segmenter/labeller data cache (default: the cores, at most 4; "
+                        "1 with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long schedule with tiny inputs (CI smoke test)")
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--widths", help="comma-separated channel widths (segmenter/labeller)")

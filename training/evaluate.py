@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.models import load_manifest
-from training import data
+from training import common, data
 
 
 def _ort(path: Path):
@@ -36,14 +36,16 @@ def evaluate(args, log=print) -> dict:
         from training import segmenter
 
         margin = int(np.ceil(segmenter.MAX_OFFSET_MM / pp["spacing_mm"])) + 1
-        files = segmenter.cache_rois(Path(args.evaluate), ids, work / "eval_cache", pp, margin)
+        files = segmenter.cache_rois(Path(args.evaluate), ids, work / "eval_cache", pp, margin,
+                                     common.cache_workers(args))
         res = segmenter.evaluate(_ort(spec.path(prec)), files, pp, batch=1, anatomy=True)
     elif args.model == "labeller":
         from training import labeller
 
         masks = labeller.mask_source(args)
         cache = labeller.cache_folder(work / "eval_cache", masks)
-        samples = labeller.Samples(labeller.cache_vertebrae(Path(args.evaluate), ids, cache, pp, masks), pp)
+        samples = labeller.Samples(labeller.cache_vertebrae(Path(args.evaluate), ids, cache, pp, masks,
+                                                            common.cache_workers(args)), pp)
         res = labeller.evaluate(_ort(spec.path(prec)), samples, [int(c) for c in spec.classes])
         res["n_unknown_label"] = sum(1 for lab in samples.labels() if lab not in spec.classes)
     else:

@@ -6,6 +6,7 @@ crops cached once (mask bits + int16 CT), with the centre jittered by a few mm a
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,37 +49,37 @@ SCALE_AXIS = 0.04
 COARSE_P = 0.0
 
 
-def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict, masks=None) -> list[Path]:
+def cache_vertebrae(data_dir: Path, ids: list[str], work: Path, pp: dict, masks=None, workers: int = 1) -> list[Path]:
     """One .npz per vertebra: mask bits and CT (int16) of a box large enough for both crop modes + jitter.
 
     ``masks``: None = the ground-truth masks and centres; a ``training.cascade_masks.SegmenterMasks`` = the
-    segmenter's masks and their centroids (vertebrae it drops are left out, as the cascade leaves them)."""
+    segmenter's masks and their centroids (vertebrae it drops are left out, as the cascade leaves them).
+    Cases already cached (``<id>.done``) are kept; the rest are cached in ``workers`` processes."""
     work.mkdir(parents=True, exist_ok=True)
+    todo = [cid for cid in ids if not (work / f"{cid}.done").is_file()]
+    common.each_case(partial(_cache_case, data_dir, work, pp, masks), todo, workers,
+                     "labeller cache" if masks is None else f"labeller cache ({masks.tag})")
+    return [p for cid in ids for p in sorted(work.glob(f"{cid}__*.npz"))]
+
+
+def _cache_case(data_dir: Path, work: Path, pp: dict, masks, cid: str) -> None:
     sp = float(pp["spacing_mm"])
     # The fixed crop + jitter (the bbox mode uses the mask's box inside it; larger parts are cut).
     size = np.ceil((np.asarray(pp["extent_mm"]) + 2 * JITTER_MM + 2) / sp).astype(int)
-    out = []
-    for cid in tqdm(ids, desc="labeller cache" if masks is None else f"labeller cache ({masks.tag})", leave=False):
-        if (work / f"{cid}.done").is_file():
-            out += sorted(work.glob(f"{cid}__*.npz"))
-            continue
-        case = data.load_case(data_dir, cid, sp)
-        cut = data.border_touching(case.labels)
-        owner, index, centers = case.labels, {lab: lab - 1 for lab in case.centers}, case.centers
-        if masks is not None:
-            drawn = masks(case)
-            owner, index, centers = drawn.owner, drawn.index, drawn.centers
-        for lab, c in centers.items():
-            ct = crop_centered(case.iso, c, size, fill=AIR_HU)
-            m = crop_centered(owner, c, size, fill=0) == index[lab] + 1
-            start = np.round(c).astype(int) - size // 2
-            p = work / f"{cid}__{lab:02d}.npz"
-            np.savez_compressed(p, ct=np.clip(ct, -32768, 32767).astype(np.int16), mask=np.packbits(m),
-                                shape=np.asarray(m.shape), label=lab, center=c - start, cut=lab in cut,
-                                origin=start, voxels=int(m.sum()))
-            out.append(p)
-        (work / f"{cid}.done").touch()
-    return out
+    case = data.load_case(data_dir, cid, sp)
+    cut = data.border_touching(case.labels)
+    owner, index, centers = case.labels, {lab: lab - 1 for lab in case.centers}, case.centers
+    if masks is not None:
+        drawn = masks(case)
+        owner, index, centers = drawn.owner, drawn.index, drawn.centers
+    for lab, c in centers.items():
+        ct = crop_centered(case.iso, c, size, fill=AIR_HU)
+        m = crop_centered(owner, c, size, fill=0) == index[lab] + 1
+        start = np.round(c).astype(int) - size // 2
+        np.savez_compressed(work / f"{cid}__{lab:02d}.npz", ct=np.clip(ct, -32768, 32767).astype(np.int16),
+                            mask=np.packbits(m), shape=np.asarray(m.shape), label=lab, center=c - start,
+                            cut=lab in cut, origin=start, voxels=int(m.sum()))
+    (work / f"{cid}.done").touch()
 
 
 def load_vert(p: Path):
@@ -286,9 +287,10 @@ def train(args, log=print) -> dict:
     coarse_p = common.probability_arg(args, "coarse_p", COARSE_P)
     masks = mask_source(args)
     cache = cache_folder(work / "cache", masks)
-    tr = Samples(cache_vertebrae(split.train_dir, tr_ids, cache, pp, masks), pp, augment=not args.tiny,
+    workers = common.cache_workers(args)
+    tr = Samples(cache_vertebrae(split.train_dir, tr_ids, cache, pp, masks, workers), pp, augment=not args.tiny,
                  coarse_p=coarse_p)
-    va = Samples(cache_vertebrae(split.val_dir, va_ids, cache, pp, masks), pp)
+    va = Samples(cache_vertebrae(split.val_dir, va_ids, cache, pp, masks, workers), pp)
     init_cols = init_classes(args)
     extra = sorted(set(tr.labels()) - set(init_cols)) if init_cols else []
     if extra:  # the head's rows are the file's classes: a new one has no weights to start from

@@ -7,12 +7,12 @@ CPU step costs a fraction of a full ROI. Validation: full 128^3 ROIs with a fixe
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from engine.modelio import segmenter_input
 from engine.preprocess import AIR_HU, crop_centered
@@ -41,26 +41,25 @@ REAL_SPREAD = {"density_p": 0.0, "coarse_p": 0.0}
 VAL_OFFSET_MM = 3.0  # "a realistic detector error": a fixed offset of this length in a random direction
 
 
-def cache_rois(data_dir: Path, ids: list[str], work: Path, pp: dict, margin: int) -> list[Path]:
-    """One compressed .npz per vertebra: CT (int16) and target mask, (roi + 2*margin)^3 around its GT centre."""
+def cache_rois(data_dir: Path, ids: list[str], work: Path, pp: dict, margin: int, workers: int = 1) -> list[Path]:
+    """One compressed .npz per vertebra: CT (int16) and target mask, (roi + 2*margin)^3 around its GT centre.
+    Cases already cached (``<id>.done``) are kept; the rest are cached in ``workers`` processes."""
     work.mkdir(parents=True, exist_ok=True)
-    out, size = [], int(pp["roi"]) + 2 * margin
-    for cid in tqdm(ids, desc="segmenter cache", leave=False):
-        done = sorted(work.glob(f"{cid}__*.npz"))
-        if done and (work / f"{cid}.done").is_file():
-            out += done
-            continue
-        case = data.load_case(data_dir, cid, float(pp["spacing_mm"]))
-        cut = data.border_touching(case.labels)
-        for lab, c in case.centers.items():
-            ct = crop_centered(case.iso, c, (size,) * 3, fill=AIR_HU)
-            m = crop_centered(case.labels, c, (size,) * 3, fill=0) == lab
-            p = work / f"{cid}__{lab:02d}.npz"
-            np.savez_compressed(p, ct=np.clip(ct, -32768, 32767).astype(np.int16), mask=np.packbits(m),
-                                shape=np.asarray(m.shape), label=lab, cut=lab in cut)
-            out.append(p)
-        (work / f"{cid}.done").touch()
-    return out
+    todo = [cid for cid in ids if not (work / f"{cid}.done").is_file()]
+    common.each_case(partial(_cache_case, data_dir, work, pp, margin), todo, workers, "segmenter cache")
+    return [p for cid in ids for p in sorted(work.glob(f"{cid}__*.npz"))]
+
+
+def _cache_case(data_dir: Path, work: Path, pp: dict, margin: int, cid: str) -> None:
+    size = int(pp["roi"]) + 2 * margin
+    case = data.load_case(data_dir, cid, float(pp["spacing_mm"]))
+    cut = data.border_touching(case.labels)
+    for lab, c in case.centers.items():
+        ct = crop_centered(case.iso, c, (size,) * 3, fill=AIR_HU)
+        m = crop_centered(case.labels, c, (size,) * 3, fill=0) == lab
+        np.savez_compressed(work / f"{cid}__{lab:02d}.npz", ct=np.clip(ct, -32768, 32767).astype(np.int16),
+                            mask=np.packbits(m), shape=np.asarray(m.shape), label=lab, cut=lab in cut)
+    (work / f"{cid}.done").touch()
 
 
 def load_roi(p: Path) -> tuple[np.ndarray, np.ndarray, bool | None]:
@@ -221,8 +220,9 @@ def train(args, log=print) -> dict:
     split = data.training_split(args)
     tr_ids, va_ids = split.train, split.val
     work = Path(args.work)
-    tr_files = cache_rois(split.train_dir, tr_ids, work / "cache", pp, margin)
-    va_files = cache_rois(split.val_dir, va_ids, work / "cache", pp, margin)
+    workers = common.cache_workers(args)
+    tr_files = cache_rois(split.train_dir, tr_ids, work / "cache", pp, margin, workers)
+    va_files = cache_rois(split.val_dir, va_ids, work / "cache", pp, margin, workers)
     if not tr_files:
         raise common.SpinertError(f"no labelled vertebrae in {args.data}")
     n_val = args.val_rois or (2 if args.tiny else 48)
