@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,24 @@ def each_case(fn: Callable[[str], Any], ids: list[str], workers: int = 1, desc: 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(ids)), mp_context=multiprocessing.get_context("spawn")) as ex:
+    with ProcessPoolExecutor(max_workers=min(workers, len(ids)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with, initargs=(os.getpid(),)) as ex:
         return list(tqdm(ex.map(fn, ids), total=len(ids), desc=f"{desc} ({min(workers, len(ids))} processes)",
                          leave=False))
+
+
+def _die_with(parent: int) -> None:
+    """Cache worker initializer: end with the ``spinert train`` that started it. A killed parent (SIGTERM
+    from a job limit) left its workers caching queued cases at full CPU for minutes (session 25). On Linux
+    the kernel signals the worker when its parent dies (PR_SET_PDEATHSIG); a parent already gone before
+    that was set is caught by the ppid check."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def cache_workers(args) -> int:
