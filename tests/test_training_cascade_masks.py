@@ -54,7 +54,7 @@ def test_labeller_trains_and_evaluates_on_segmenter_masks(data_dir, masks, tmp_p
     spec = load_manifest(out)["labeller"]
     assert masks.spec.sha256["fp32"][:16] in spec.raw["trained"]["schedule"]["masks"]
     # Epochs were chosen by the labelling after sequence decoding of the validation chains.
-    assert spec.raw["trained"]["schedule"]["selection"] == "chain_acc"
+    assert spec.raw["trained"]["schedule"]["selection"] == ["chain_acc", "acc"]
     assert 0.0 <= spec.metrics["chain_acc"] <= 1.0 and spec.metrics["n_chains"] == 1
     cache = work / f"cache-{masks.tag}"
     files = sorted(cache.glob("*.npz"))
@@ -107,6 +107,27 @@ def test_fit_keeps_the_init_weights_when_no_epoch_beats_them(tmp_path, validate_
         assert float(model.weight.detach()) == 1.0
     else:
         assert res["best"]["epoch"] == 0 and float(model.weight.detach()) == 1.5
+
+
+def test_fit_breaks_a_tie_of_the_first_key_with_the_second(tmp_path):
+    """Chain accuracy saturates on a small validation set; the later, better single accuracy wins the tie."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scores = iter([{"chain_acc": 0.9, "acc": 0.80}, {"chain_acc": 0.99, "acc": 0.85},
+                   {"chain_acc": 0.99, "acc": 0.90}, {"chain_acc": 0.99, "acc": 0.90},
+                   {"chain_acc": 0.95, "acc": 0.99}])
+
+    def step(_i: int) -> float:
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        return 0.0
+
+    res = common.fit(model, opt, None, step, lambda: next(scores), common.Schedule(5, 1, 1, 0.1),
+                     tmp_path / "ckpt", False, key=("chain_acc", "acc"), log=lambda _m: None)
+    assert res["best"]["epoch"] == 2  # not 1 (lower acc), not 3 (only equal), not 4 (lower chain_acc)
+    start = float(model.weight.detach())
+    common.load_ckpt(res["best_path"], model)
+    assert float(model.weight.detach()) == start - 2.0
 
 
 def _chain(labels: list[int], case: str = "c0"):

@@ -178,9 +178,12 @@ def init_weights(model, args, log=print, batches: Callable[[], tuple[list, list]
 
 
 def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[], dict], schedule: Schedule,
-        ckpt_dir: Path, resume: bool, key: str, higher_is_better: bool = True, log=print,
+        ckpt_dir: Path, resume: bool, key: str | tuple[str, ...], higher_is_better: bool = True, log=print,
         validate_init: bool = False) -> dict:
     """Epoch loop: ``step_fn(global_step) -> loss``; validation + checkpoint (last and best) after each epoch.
+
+    ``key``: the validation metric that picks the best epoch, or several compared in order, so a later one
+    breaks ties of an earlier one that saturates (chain accuracy on a 20-case validation set does).
 
     ``validate_init``: a fresh run from --init weights first scores them (epoch -1 in the history), so a
     fine-tune that never beats its start says so and ships the start, not its best worse epoch.
@@ -202,8 +205,14 @@ def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[
         history.append(rec)
         log(json.dumps(rec))
         save_ckpt(best_p, model, opt, sched, -1, history, {"best": rec})
+    keys = (key,) if isinstance(key, str) else tuple(key)
+
+    def beats(rec: dict, ref: dict | None) -> bool:
+        a, b = tuple(rec[k] for k in keys), None if ref is None else tuple(ref[k] for k in keys)
+        return b is None or ((a > b) if higher_is_better else (a < b))
+
     for h in history:
-        if best is None or ((h[key] > best[key]) if higher_is_better else (h[key] < best[key])):
+        if beats(h, best):
             best = h
     for epoch in range(start, schedule.epochs):
         model.train()
@@ -220,14 +229,15 @@ def fit(model, opt, sched, step_fn: Callable[[int], float], validate: Callable[[
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "train_s": round(time.time() - t0, 1), **metrics}
         history.append(rec)
         log(json.dumps(rec))
-        improved = best is None or ((rec[key] > best[key]) if higher_is_better else (rec[key] < best[key]))
+        improved = beats(rec, best)
         if improved:
             best = rec
         save_ckpt(last, model, opt, sched, epoch, history, {"best": best})
         if improved:
             save_ckpt(best_p, model, opt, sched, epoch, history, {"best": best})
     if best is not None and best.get("init"):
-        log(f"no epoch beat the --init weights on validation ({key} {best[key]:.4f}): they are kept")
+        shown = ", ".join(f"{k} {best[k]:.4f}" for k in keys)
+        log(f"no epoch beat the --init weights on validation ({shown}): they are kept")
     return {"history": history, "best": best, "best_path": best_p if best_p.is_file() else last}
 
 
