@@ -187,6 +187,7 @@ def vertebra_message(v, level: int = COMPRESS_LEVEL) -> dict[str, Any]:
         "name": str(v.name),
         "center_lps_mm": [float(c) for c in v.center_lps],
         "confidence": float(v.confidence),
+        "recovered": bool(v.recovered),
         "mask": encode_mask(v.mask, v.offset_ijk, level),
     }
 
@@ -238,7 +239,8 @@ def result_from_message(msg: dict[str, Any]) -> "SpineResult":
         offset = _ints3(mask_map.get("offset_ijk"), "offset_ijk") if mask_map is not None else (0, 0, 0)
         verts.append(Vertebra(label=int(v["label"]), name=str(v["name"]),
                               center_lps=tuple(float(c) for c in v["center_lps_mm"]),
-                              confidence=float(v.get("confidence", 0.0)), mask=mask, offset_ijk=offset))
+                              confidence=float(v.get("confidence", 0.0)), mask=mask, offset_ijk=offset,
+                              recovered=bool(v.get("recovered", False))))
     geometry = {k: list(vol[k]) for k in ("size", "spacing", "origin", "direction")}
     return SpineResult(volume_id=str(vol.get("id", "")), geometry=geometry, vertebrae=verts,
                        warnings=list(msg.get("warnings") or []), timings_ms=dict(msg.get("timings_ms") or {}),

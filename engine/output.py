@@ -51,7 +51,7 @@ def vertebra_record(v) -> dict[str, Any]:
     voxels = int(v.mask.sum()) if v.mask is not None else 0
     return {"label": int(v.label), "name": v.name,
             "center_lps_mm": [round(float(c), 4) for c in v.center_lps],
-            "confidence": round(float(v.confidence), 6), "voxels": voxels,
+            "confidence": round(float(v.confidence), 6), "recovered": bool(v.recovered), "voxels": voxels,
             "offset_ijk": [int(o) for o in v.offset_ijk], "shape_ijk": [int(s) for s in v.shape_ijk],
             "scores": {str(k): float(p) for k, p in sorted(v.scores.items())}}
 

@@ -580,7 +580,7 @@ class Cascade:
                                   mask_threshold(self.config.segment, self.specs["segmenter"].preprocess))
         objs = list(find_objects(on_input, max_label=m)) + [None] * m
         centers_lps = apply_offset(canon.index_to_lps(seg.centers_kji), labs, self.centre_offset)
-        out = []
+        out, recovered = [], set(seg.recovered)
         for n in np.argsort(seg.centers_kji[:, 0], kind="stable"):  # top to bottom (canonical k: to the feet)
             label = int(labs[n])
             box = objs[n]
@@ -596,7 +596,8 @@ class Cascade:
             scores = {int(c): round(float(p), 6) for c, p in zip(self.classes, probs[n]) if p >= 1e-4}
             out.append(Vertebra(label=label, name=L.name(label),
                                 center_lps=tuple(float(x) for x in centers_lps[n]), confidence=float(conf[n]),
-                                mask=mask, offset_ijk=tuple(int(o) for o in off), scores=scores))
+                                mask=mask, offset_ijk=tuple(int(o) for o in off), scores=scores,
+                                recovered=int(n) in recovered))
         return out
 
     def _finish(self, result: SpineResult, clock: _Clock) -> SpineResult:

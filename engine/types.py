@@ -64,6 +64,9 @@ class Vertebra:
     mask: np.ndarray | None = None  # bool, array order [k, j, i]
     offset_ijk: tuple[int, int, int] = (0, 0, 0)
     scores: dict[int, float] = field(default_factory=dict)  # label -> probability from the labeller
+    # Found by the chain logic (a level the detector missed, a vertebra cut at an end of the chain, a
+    # loose piece at the scan's face), not by the detector: a controller may want to trust it less.
+    recovered: bool = False
 
     @property
     def shape_ijk(self) -> tuple[int, int, int]:
@@ -75,7 +78,7 @@ class Vertebra:
     def to_json(self) -> dict[str, Any]:
         x, y, z = (float(c) for c in self.center_lps)
         return {"label": int(self.label), "X": x, "Y": y, "Z": z, "name": self.name,
-                "confidence": float(self.confidence)}
+                "confidence": float(self.confidence), "recovered": bool(self.recovered)}
 
 
 @dataclass

@@ -83,6 +83,9 @@ class PredictionScore:
     xyz: tuple[float, float, float]
     matched_label: int | None = None
     match_mm: float | None = None
+    # The ctd's "recovered" key (`spinert run` writes it): found by the chain logic, not the detector.
+    # None when the prediction does not say.
+    recovered: bool | None = None
 
     @property
     def correct(self) -> bool:
@@ -157,9 +160,11 @@ def localisation(case: str, gt: list[Centroid], pred: list[Centroid]
             j = g2p[n]
             v.match_label, v.match_mm = int(pl[j]), float(d[n, j])
         verts.append(v)
+    said = [c.extra.get("recovered") for c in pred]
     preds = [PredictionScore(int(pl[j]), tuple(float(c) for c in px[j]),
                              int(gl[p2g[j]]) if j in p2g else None,
-                             float(d[p2g[j], j]) if j in p2g else None) for j in range(len(pl))]
+                             float(d[p2g[j], j]) if j in p2g else None,
+                             bool(said[j]) if isinstance(said[j], bool) else None) for j in range(len(pl))]
     return verts, preds
 
 
@@ -266,8 +271,8 @@ def prediction_from_result(result: SpineResult) -> tuple[Volume, list[Centroid]]
     g = result.geometry
     vol = Volume(result.label_map(), tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]),
                  result.volume_id)
-    ctd = [Centroid(int(v.label), tuple(float(c) for c in v.center_lps), {"confidence": float(v.confidence)})
-           for v in result.vertebrae]
+    ctd = [Centroid(int(v.label), tuple(float(c) for c in v.center_lps),
+                    {"confidence": float(v.confidence), "recovered": bool(v.recovered)}) for v in result.vertebrae]
     return vol, ctd
 
 

@@ -57,6 +57,9 @@ def summarise(verts: list[VertebraScore], preds: list[PredictionScore],
     out["detected"] = sum(bool(v.detected) for v in located)
     out["missed"] = sum(v.detected is False for v in located)
     out["extra"] = sum(p.matched_label is None for p in preds)
+    # Of the predictions, those the chain logic found (the detector did not), and of the extras.
+    out["recovered"] = sum(p.recovered is True for p in preds)
+    out["extra_recovered"] = sum(p.recovered is True and p.matched_label is None for p in preds)
     out["predictions"] = len(preds)
     out["labelling_accuracy"] = _rate(v.labelled_correctly for v in located)
     # Precision of the predicted labels: predictions carrying a label that sit on that GT vertebra.
@@ -156,6 +159,7 @@ def _markdown(rep: EvaluationReport, per_label: bool = True) -> str:
             ("detected / missed / extra", f"{s['detected']} / {s['missed']} / {s['extra']}"),
             ("labelling accuracy (detected vertebrae)", _pct(s["labelling_accuracy"])),
             ("labelling precision (predictions)", _pct(s["labelling_precision"])),
+            ("recovered by the chain logic (of them extra)", f"{s['recovered']} ({s['extra_recovered']})"),
             ("sequence accuracy (cases)", _pct(s["sequence_accuracy"]))]
     names = {"dice": "Dice", "iou": "IoU", "pa": "PA", "fpd": "FPD", "fnd": "FND", "msd_mm": "MSD (mm)",
              "hd_mm": "HD (mm)", "hd95_mm": "HD95 (mm)"}

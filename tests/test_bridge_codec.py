@@ -93,6 +93,10 @@ def test_result_map_round_trip_equals_stored_label_map_and_ctd(case):
     assert back.geometry == {k: list(v) for k, v in lab.geometry().items()}
     ctd = {c["label"]: (c["X"], c["Y"], c["Z"]) for c in json.loads((REAL / f"{case}_ctd.json").read_text())}
     assert sorted(ctd) == sorted(v["label"] for v in msg["vertebrae"])
+    assert [v.recovered for v in back.vertebrae] == [False] * len(back.vertebrae)
+    result.vertebrae[0].recovered = True  # found by the chain logic: the flag crosses the wire
+    again = codec.result_from_message(codec.unpack(codec.pack(codec.stamp(codec.result_message(result, "x"), 2))))
+    assert [v.recovered for v in again.vertebrae] == [True] + [False] * (len(again.vertebrae) - 1)
     for v in msg["vertebrae"]:
-        assert v["name"] and isinstance(v["confidence"], float)
+        assert v["name"] and isinstance(v["confidence"], float) and v["recovered"] is False
         np.testing.assert_allclose(v["center_lps_mm"], ctd[v["label"]], atol=0.006)  # ctd files: 0.01 mm

@@ -118,6 +118,23 @@ def test_extra_predicted_vertebra_counts_once():
     assert EvaluationReport([s]).summary()["labelling_precision"] == pytest.approx(4 / 5)
 
 
+def test_predictions_say_whether_the_chain_logic_found_them():
+    # `spinert run` writes "recovered" in the ctd (engine.types.Vertebra); the report counts them, and
+    # the extras among them. A ctd without the key (another tool's) says nothing: None, counted as 0.
+    gt = spine()
+    ctd = centroids_from_labels(gt)
+    said = [Centroid(c.label, c.xyz, {"recovered": c.label == 20}) for c in ctd]
+    said.append(Centroid(24, (500.0, 500.0, 500.0), {"recovered": True}))
+    s = evaluate_case("c", gt, ctd, gt, said)
+    assert [p.recovered for p in s.predictions] == [True, False, False, False, True]
+    summary = EvaluationReport([s]).summary()
+    assert summary["recovered"] == 2 and summary["extra_recovered"] == 1 and summary["extra"] == 1
+    assert s.to_json()["predictions"][0]["recovered"] is True
+    silent = evaluate_case("c", gt, ctd, gt, ctd)
+    assert {p.recovered for p in silent.predictions} == {None}
+    assert EvaluationReport([silent]).summary()["recovered"] == 0
+
+
 def test_anisotropic_spacing_in_mm():
     iso = spine(spacing=(1.0, 1.0, 1.0))
     ani = spine(spacing=(0.5, 1.0, 3.0))

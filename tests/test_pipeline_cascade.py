@@ -331,6 +331,7 @@ def test_loose_bone_at_the_top_face_becomes_the_level_above(cascade):
     vol.array = np.ascontiguousarray(a)
     res = cascade.run(vol)
     assert res.info["recovered"] == 1, res.warnings
+    assert [v.recovered for v in res.vertebrae] == [True] + [False] * (len(res.vertebrae) - 1)
     top, below = res.vertebrae[0], res.vertebrae[1]
     piece = np.array([45.5 - 45.0, 63.5 - 40.0, 100.0 + 1.5 * (a.shape[0] - 2)])  # LPS mm of its centre
     np.testing.assert_allclose(top.center_lps, piece, atol=2.0)
@@ -356,6 +357,8 @@ def test_two_levels_unseen_beyond_an_end_are_found_one_per_round(cascade):
         a[sl][bone & even] = 1000.0
     res = cascade.run(vol)
     assert res.info["candidates"] == 4 and res.info["recovered"] == 2, (res.info, res.warnings)
+    # Found by the chain logic, not the detector: said per vertebra (result JSON, ctd, bridge).
+    assert [v.recovered for v in res.vertebrae] == [True, True, False, False, False, False]
     z = sorted((v.center_lps[2] for v in res.vertebrae), reverse=True)
     np.testing.assert_allclose(z, [100.0 + 31 + v * 32 for v in range(5, -1, -1)], atol=1.5)
     names = [v.name for v in res.vertebrae]
