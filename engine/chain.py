@@ -96,6 +96,15 @@ class ChainParams:
     # tips of T11's arch, which reach down beside T12's body) lies 0.28 steps from T12's centre: 1.4x.
     own_part_levels: float = 0.3
     own_part_interface: float = 3.0
+    # Or when the labeller tells (0 turns this off): it reads the end vertebra alone as its decoded level
+    # (or one next to it) with less than ``own_part_unread``, and the end and the part as one mask with
+    # ``own_part_read_gain`` more. A face-cut end segmented as a body without its arch reads as no level at
+    # all. Measured on the held-out sets and the real CTs (evaluation/results/2026-12-03-s27/piece_reading):
+    # the 29 recoveries that were vertebrae of their own had the end read at >= 0.85 and gained nothing
+    # (<= +0.005); hard 100104's L4 arch (gen 4 / 5): 0.03 -> 0.72 / 0.64, the real tptbox crop's top
+    # piece 0.11 -> 0.41.
+    own_part_unread: float = 0.5
+    own_part_read_gain: float = 0.25
     # One vertebra split in two (see the module docstring), all three must hold: centre distance below
     # ``split_ratio`` x the chain's median spacing (0 disables); shared mask surface (mm^2) above
     # ``split_interface`` x (smaller volume)^(2/3) (a cube's face is 1x); union volume below
@@ -121,6 +130,8 @@ class ChainParams:
             raise ValueError("min_partial_mm3 and min_piece_mm3 must be > 0")
         if not 0.0 <= self.own_part_levels < 0.5 or self.own_part_interface < 0:
             raise ValueError("own_part_levels must be in [0, 0.5) and own_part_interface >= 0")
+        if not 0.0 <= self.own_part_unread <= 1.0 or not 0.0 <= self.own_part_read_gain <= 1.0:
+            raise ValueError("own_part_unread and own_part_read_gain must be in [0, 1]")
         if self.split_ratio < 0 or self.split_interface <= 0 or self.split_max_volume <= 0:
             raise ValueError("split_ratio must be >= 0, split_interface and split_max_volume > 0")
         if self.sacral_piece_interface < 0:

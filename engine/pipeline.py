@@ -395,14 +395,37 @@ class Cascade:
                     used |= {a, b}
         return merge(seg, splits), len(splits)
 
-    def _own_parts(self, seg, labels, first: int, kind, side) -> list[tuple[int, int]]:
-        """(end, i): recoveries that are an end vertebra's own parts (ChainParams.own_part_levels /
-        own_part_interface): near its centre along the spine and one bone with it."""
+    def _own_parts(self, seg, labels, first: int, kind, side, iso) -> list[tuple[int, int]]:
+        """(end, i): recoveries that are an end vertebra's own parts: near its centre along the spine and
+        one bone with it (ChainParams.own_part_levels / own_part_interface), or what makes the end
+        readable as its level at all (own_part_unread / own_part_read_gain)."""
         p, sp = self.config.chain, self.spacing
         near = own_parts_beyond_ends(seg.centers_kji, labels, first, kind, side, p.own_part_levels)
-        return [(a, b) for a, b in near
-                if shares_bone(interface(seg.owner, a, b, seg.boxes[a], seg.boxes[b]) * sp ** 2,
-                               float(seg.voxels[b]) * sp ** 3, p.own_part_interface)]
+        pairs = [(a, b) for a, b in near
+                 if shares_bone(interface(seg.owner, a, b, seg.boxes[a], seg.boxes[b]) * sp ** 2,
+                                float(seg.voxels[b]) * sp ** 3, p.own_part_interface)]
+        if p.own_part_unread <= 0 or first < 1:
+            return pairs
+        used = {n for pair in pairs for n in pair}
+        k = seg.centers_kji[:first, 0]
+        for i in first + np.flatnonzero(np.asarray(kind) > 0):
+            end = int(np.argmin(k) if np.asarray(side)[i - first] < 0 else np.argmax(k))
+            if {end, int(i)} & used:
+                continue
+            alone = near_level_p(self._classify_one(seg, iso, end), labels[end], self.classes)
+            if alone >= p.own_part_unread:
+                continue
+            union = near_level_p(self._classify_one(merge(seg, [(end, int(i))]), iso, end), labels[end], self.classes)
+            if union - alone >= p.own_part_read_gain:
+                pairs.append((end, int(i)))
+                used |= {end, int(i)}
+        return pairs
+
+    def _classify_one(self, seg, iso, n: int) -> np.ndarray:
+        from engine.label import classify
+
+        return classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji[n:n + 1], seg.boxes[n:n + 1],
+                        self.specs["labeller"].preprocess, self.spacing, first=n)[0]
 
     def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
         from engine.label import classify
@@ -477,7 +500,7 @@ class Cascade:
                 piece = np.delete(piece, [b for _, b in pairs])
                 kind_new = np.delete(kind_new, [b - m0 for _, b in pairs])
                 beyond_new = np.delete(beyond_new, [b - m0 for _, b in pairs])
-            own = self._own_parts(more, labs, m0, kind_new, beyond_new)
+            own = self._own_parts(more, labs, m0, kind_new, beyond_new, iso)
             if own:
                 more = merge(more, own)
                 end = np.delete(end, [b for _, b in own])

@@ -499,6 +499,9 @@ def test_a_part_recovered_within_a_fraction_of_a_step_of_an_end_is_that_vertebra
     assert own_parts_beyond_ends(chain[:1] + rec, labels[:1], 1, kind, side) == []
     with pytest.raises(ValueError):
         ChainParams(own_part_levels=0.5)
+    for bad in ({"own_part_unread": -0.1}, {"own_part_read_gain": 1.5}):
+        with pytest.raises(ValueError):
+            ChainParams(**bad)
 
 
 def test_a_bone_longer_than_the_segmenters_reach_is_regrown_from_its_centroid(synth):
