@@ -395,10 +395,11 @@ class Cascade:
                     used |= {a, b}
         return merge(seg, splits), len(splits)
 
-    def _own_parts(self, seg, labels, first: int, kind, side, iso) -> list[tuple[int, int]]:
+    def _own_parts(self, seg, labels, probs, first: int, kind, side, iso) -> list[tuple[int, int]]:
         """(end, i): recoveries that are an end vertebra's own parts: near its centre along the spine and
         one bone with it (ChainParams.own_part_levels / own_part_interface), or what makes the end
-        readable as its level at all (own_part_unread / own_part_read_gain)."""
+        readable as its level at all (own_part_unread / own_part_read_gain). ``labels``/``probs``: the
+        last decode's, of the ``first`` vertebrae found before."""
         p, sp = self.config.chain, self.spacing
         near = own_parts_beyond_ends(seg.centers_kji, labels, first, kind, side, p.own_part_levels)
         pairs = [(a, b) for a, b in near
@@ -407,30 +408,28 @@ class Cascade:
         if p.own_part_unread <= 0 or first < 1:
             return pairs
         used = {n for pair in pairs for n in pair}
-        k = seg.centers_kji[:first, 0]
+        k, side = seg.centers_kji[:first, 0], np.asarray(side)
         for i in first + np.flatnonzero(np.asarray(kind) > 0):
-            end = int(np.argmin(k) if np.asarray(side)[i - first] < 0 else np.argmax(k))
+            end = int(np.argmin(k) if side[i - first] < 0 else np.argmax(k))
             if {end, int(i)} & used:
                 continue
-            alone = near_level_p(self._classify_one(seg, iso, end), labels[end], self.classes)
+            # The end's reading from the last decode stands unless its mask gave voxels back since.
+            read = self._classify(seg, iso, end, end + 1)[0] if end in seg.reclaimed else probs[end]
+            alone = near_level_p(read, labels[end], self.classes)
             if alone >= p.own_part_unread:
                 continue
-            union = near_level_p(self._classify_one(merge(seg, [(end, int(i))]), iso, end), labels[end], self.classes)
+            union = near_level_p(self._classify(merge(seg, [(end, int(i))]), iso, end, end + 1)[0], labels[end],
+                                 self.classes)
             if union - alone >= p.own_part_read_gain:
                 pairs.append((end, int(i)))
                 used |= {end, int(i)}
         return pairs
 
-    def _classify_one(self, seg, iso, n: int) -> np.ndarray:
+    def _classify(self, seg, iso, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """Labeller probabilities of vertebrae ``first`` .. ``stop`` - 1 (to the last by default)."""
         from engine.label import classify
 
-        return classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji[n:n + 1], seg.boxes[n:n + 1],
-                        self.specs["labeller"].preprocess, self.spacing, first=n)[0]
-
-    def _classify(self, seg, iso, first: int = 0) -> np.ndarray:
-        from engine.label import classify
-
-        return classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji[first:], seg.boxes[first:],
+        return classify(self.sessions["labeller"], seg.owner, iso, seg.centers_kji[first:stop], seg.boxes[first:stop],
                         self.specs["labeller"].preprocess, self.spacing, max_batch=self.config.max_batch.get("labeller"),
                         first=first)
 
@@ -500,7 +499,7 @@ class Cascade:
                 piece = np.delete(piece, [b for _, b in pairs])
                 kind_new = np.delete(kind_new, [b - m0 for _, b in pairs])
                 beyond_new = np.delete(beyond_new, [b - m0 for _, b in pairs])
-            own = self._own_parts(more, labs, m0, kind_new, beyond_new, iso)
+            own = self._own_parts(more, labs, probs, m0, kind_new, beyond_new, iso)
             if own:
                 more = merge(more, own)
                 end = np.delete(end, [b for _, b in own])
