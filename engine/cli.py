@@ -32,6 +32,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-regrow", action="store_true",
                    help="keep the sacrum as first segmented, not regrown from ROIs around its centroid "
                         "(engine.segment.regrow; saves 3-9 segmenter ROIs)")
+    p.add_argument("--no-face-pieces", action="store_true",
+                   help="a vertebra the field of view cuts keeps its largest piece only, not its other pieces on "
+                        "that face (engine.segment.keep_face_pieces; saves one segmenter ROI per cut vertebra)")
     p.add_argument("--raw-centres", action="store_true",
                    help="centres are the plain mask centroids, without the segmenter's fitted centre offset")
 
@@ -65,6 +68,7 @@ def _cascade(args):
           "recover": False if getattr(args, "no_recover", False) else None,
           "rib_cue": False if getattr(args, "no_ribs", False) else None,
           "regrow_rounds": 0 if getattr(args, "no_regrow", False) else None,
+          "face_pieces": False if getattr(args, "no_face_pieces", False) else None,
           "centre_offset": False if getattr(args, "raw_centres", False) else None}
     if args.stride < 1:
         raise InputError(f"--stride must be >= 1, got {args.stride}")

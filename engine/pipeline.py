@@ -29,8 +29,8 @@ from engine.localise import CentreOffset, apply_offset
 from engine.models import MODEL_NAMES, ModelSpec, load_manifest, run_precision
 from engine.preprocess import Canonical, box_at_face, check_volume, masks_to_input, to_canonical
 from engine.ribs import RIBS, RibParams, rib_evidence
-from engine.segment import (SegmentParams, discard, extend, interface, mask_threshold, merge, regrow,
-                            segment)
+from engine.segment import (SegmentParams, discard, extend, interface, keep_face_pieces, mask_threshold, merge,
+                            regrow, segment)
 from engine.types import SpineResult, Vertebra, Volume
 from engine.xp import to_numpy
 
@@ -323,22 +323,28 @@ class Cascade:
             probs = self._classify(seg, iso)
             labs, conf, info = self._decode(seg, probs, canon, iso)
             seg, probs, labs, conf, _ = self._discard(seg, probs, labs, conf, info)
-        if cfg.chain.recover:
-            with clock.stage("recover"):
+        # Recovery, the sacrum's regrowth and the pieces on the scan's faces: one stage, so that its
+        # progress events and timing come once per CT.
+        with clock.stage("recover"):
+            if cfg.chain.recover:
                 found = self._recover(seg, iso, canon, probs, labs, info)
-            if found is not None:
-                seg, probs, labs, conf, info = found
-        # A sacrum the field of view cuts to a slab smaller than a vertebra is all there is of it: ROIs
-        # there see no more (on held-out phantoms its mask grew into the soft tissue in front of it).
-        cut = _cut(seg.boxes, iso.shape[0])
-        slab = cut & (seg.voxels < np.median(seg.voxels)) if len(seg.voxels) else cut
-        sacrum = np.flatnonzero((labs == L.SACRUM) & ~slab) if cfg.segment.regrow_rounds > 0 else []
-        joined = 0
-        if len(sacrum):
-            with clock.stage("recover"):
+                if found is not None:
+                    seg, probs, labs, conf, info = found
+            # A sacrum the field of view cuts to a slab smaller than a vertebra is all there is of it: ROIs
+            # there see no more (on held-out phantoms its mask grew into the soft tissue in front of it).
+            cut = _cut(seg.boxes, iso.shape[0])
+            slab = cut & (seg.voxels < np.median(seg.voxels)) if len(seg.voxels) else cut
+            sacrum = np.flatnonzero((labs == L.SACRUM) & ~slab) if cfg.segment.regrow_rounds > 0 else []
+            joined = 0
+            if len(sacrum):
                 seg = regrow(seg, self.sessions["segmenter"], iso, sacrum, self.specs["segmenter"].preprocess,
                              self.spacing, cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
                 seg, probs, labs, conf, joined = self._join_sacral_piece(seg, probs, labs, conf, info, int(sacrum[0]))
+            if cfg.segment.face_pieces:
+                grown = keep_face_pieces(seg, self.sessions["segmenter"], iso, self.specs["segmenter"].preprocess,
+                                         self.spacing, cfg.segment, max_batch=cfg.max_batch.get("segmenter"))
+                result.info["face_pieces"] = int(np.count_nonzero(grown.voxels != seg.voxels))
+                seg = grown
         if joined:
             moved = "stay" if joined == L.L6 else "moved one level down"
             warnings.append(f"the sacrum's top was segmented apart as {L.name(joined)} and joined to it; the "

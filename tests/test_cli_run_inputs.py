@@ -67,12 +67,13 @@ def test_switches_turn_off_the_steps_they_name(models, ct_file):
     base = ["run", str(ct_file), "--out", "x", "--models", str(models), "--backend", "onnxruntime"]
     with _cascade(build_parser().parse_args(base)) as c:
         on = c.config
-    flags = ["--no-recover", "--no-ribs", "--no-regrow", "--raw-centres"]
+    flags = ["--no-recover", "--no-ribs", "--no-regrow", "--raw-centres", "--no-face-pieces"]
     with _cascade(build_parser().parse_args(base + flags)) as c:
         off = c.config
-    assert (on.chain.recover, on.ribs.rib_cue, on.segment.regrow_rounds > 0, on.centre_offset) == (True,) * 4
-    assert (off.chain.recover, off.ribs.rib_cue, off.segment.regrow_rounds, off.centre_offset) == (False, False, 0,
-                                                                                                 False)
+    assert (on.chain.recover, on.ribs.rib_cue, on.segment.regrow_rounds > 0, on.centre_offset,
+            on.segment.face_pieces) == (True,) * 5
+    assert (off.chain.recover, off.ribs.rib_cue, off.segment.regrow_rounds, off.centre_offset,
+            off.segment.face_pieces) == (False, False, 0, False, False)
 
 
 def test_existing_outputs_are_never_overwritten(models, ct_file, tmp_path, capsys):

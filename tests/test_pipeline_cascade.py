@@ -17,7 +17,7 @@ from engine.label import vertebra_input
 from engine.modelio import labeller_input
 from engine.output import write_result
 from engine.pipeline import Cascade
-from engine.segment import _paste
+from engine.segment import SegmentParams, _paste
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +251,36 @@ def test_paste_highest_probability_wins():
     assert (owner[3:5, 6:9, 3:9] == 0).all()
     _paste(owner, best, p1, np.array([-3, 7, 8]), 3, 0.5, np)  # partly outside the volume: clipped
     assert (owner[0:3, 7:10, 8:10] == 3).all()
+
+
+def test_a_vertebra_the_face_cuts_takes_its_other_pieces_on_that_face(cascade):
+    # The top face (k = 0) cuts vertebra 1 to two blocks of bone, joined only beyond the face; its mask
+    # holds the left one (the largest-component rule kept one). Vertebra 2 lies inside the scan with a
+    # loose block beside it, and a third block on the top face lies beyond the segmenter's reach from
+    # vertebra 1's centre (the synthetic segmenter: bone near the ROI centre).
+    from engine.segment import Segmentation, _find_boxes, _stats, keep_face_pieces
+
+    iso = np.full((40, 80, 90), -1000.0, np.float32)
+    owner = np.zeros(iso.shape, np.uint8)
+    left, right = (slice(0, 4), slice(36, 44), slice(30, 38)), (slice(0, 4), slice(36, 44), slice(44, 52))
+    far = (slice(0, 4), slice(36, 44), slice(70, 76))
+    body, loose = (slice(20, 32), slice(36, 44), slice(36, 46)), (slice(20, 32), slice(36, 44), slice(56, 60))
+    for box in (left, right, far, body, loose):
+        iso[box] = 1000.0
+    owner[left], owner[body] = 1, 2
+    cnt, ctr = _stats(owner, 2, np)
+    seg = Segmentation(owner, ctr, cnt, _find_boxes(owner, 2), np.arange(2), [],
+                       prob=(owner > 0).astype(np.uint8) * np.uint8(255))
+    spec = cascade.specs["segmenter"]
+    out = keep_face_pieces(seg, cascade.sessions["segmenter"], iso, spec.preprocess, 1.0)
+    assert (out.owner[left] == 1).all() and (out.owner[right] == 1).all()
+    assert (out.owner[far] == 0).all() and (out.owner[loose] == 0).all() and (out.owner[body] == 2).all()
+    assert out.voxels[0] == 2 * cnt[0] and out.voxels[1] == cnt[1]
+    assert out.centers_kji[0][2] == pytest.approx(40.5) and np.allclose(out.centers_kji[1], ctr[1])
+    assert (out.prob[right] > 127).all() and (seg.owner[right] == 0).all()  # the input is not modified
+    off = keep_face_pieces(seg, cascade.sessions["segmenter"], iso, spec.preprocess, 1.0,
+                           SegmentParams(face_pieces=False))
+    assert off is seg
 
 
 def test_labeller_input_from_a_crop_equals_full_volume(result, cascade, ct):
