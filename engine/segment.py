@@ -416,9 +416,11 @@ def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any]
     (and the centres computed from them) grow. One ROI per cut vertebra, usually one or two per CT.
     """
     p = params or SegmentParams()
+    if not p.face_pieces:
+        return seg
     shape = tuple(int(n) for n in seg.owner.shape)
     which = [i for i, b in enumerate(seg.boxes) if b is not None and seg.voxels[i] > 0 and _faces(b, shape)]
-    if not p.face_pieces or not which:
+    if not which:
         return seg
     xp, ndi = get_xp(iso), _ndimage(get_xp(iso))
     owner, prob = seg.owner.copy(), seg.prob.copy() if seg.prob is not None else None
@@ -439,7 +441,7 @@ def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any]
             return
         keep = np.zeros(int(n) + 1, dtype=bool)
         for ax, at in _faces(boxes[i], shape):
-            # The window reaches the same face (it holds the vertebra's voxels there).
+            # Only where the ROI window reaches that face too: elsewhere its edge is no face of the scan.
             if (at == 0 and lo[ax] > 0) or (at == -1 and hi[ax] < shape[ax]):
                 continue
             on_face = xp.take(lab, at, axis=ax)
