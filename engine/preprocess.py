@@ -138,10 +138,17 @@ def canonical_to_input(arr_kji: np.ndarray, canon: Canonical, vol: Volume, linea
     return sitk.GetArrayFromImage(out)
 
 
+def box_faces(box: tuple[slice, ...], shape) -> list[tuple[int, int]]:
+    """The faces of an array of ``shape`` that a mask with bounding box ``box`` (array slices,
+    ndimage.find_objects) reaches, as (axis, 0 for the first index or -1 for the last)."""
+    return [(ax, at) for ax, (b, n) in enumerate(zip(box, shape))
+            for at, hit in ((0, b.start <= 0), (-1, b.stop >= int(n))) if hit]
+
+
 def box_at_face(box: tuple[slice, ...], shape) -> bool:
-    """Does a mask with bounding box ``box`` (array slices, ndimage.find_objects) reach a face of an array of
-    ``shape``? Such a mask is cut by the field of view."""
-    return any(b.start == 0 or b.stop == int(n) for b, n in zip(box, shape))
+    """Does a mask with bounding box ``box`` reach a face of an array of ``shape``? Such a mask is cut by the
+    field of view."""
+    return bool(box_faces(box, shape))
 
 
 def input_box(canon: Canonical, vol: Volume, lo_kji, hi_kji, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from engine.modelio import segmenter_input
-from engine.preprocess import roi_start
+from engine.preprocess import box_at_face, box_faces, roi_start
 from engine.xp import get_xp, is_numpy, to_numpy
 
 
@@ -398,12 +398,6 @@ def regrow(seg: Segmentation, session, iso, which: Sequence[int], preprocess: di
     return replace(seg, owner=owner, prob=prob, centers_kji=centers, voxels=voxels, boxes=boxes)
 
 
-def _faces(box, shape) -> list[tuple[int, int]]:
-    """(axis, 0 or -1): the scan faces a box reaches."""
-    return [(ax, at) for ax, (s, n) in enumerate(zip(box, shape)) for at, hit in ((0, s.start <= 0), (-1, s.stop >= n))
-            if hit]
-
-
 def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any], spacing: float,
                      params: SegmentParams | None = None, max_batch: int | None = None) -> Segmentation:
     """Give each vertebra the field of view cuts its pieces on the scan's faces (``face_pieces``).
@@ -419,7 +413,7 @@ def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any]
     if not p.face_pieces:
         return seg
     shape = tuple(int(n) for n in seg.owner.shape)
-    which = [i for i, b in enumerate(seg.boxes) if b is not None and seg.voxels[i] > 0 and _faces(b, shape)]
+    which = [i for i, b in enumerate(seg.boxes) if b is not None and seg.voxels[i] > 0 and box_at_face(b, shape)]
     if not which:
         return seg
     xp, ndi = get_xp(iso), _ndimage(get_xp(iso))
@@ -440,7 +434,7 @@ def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any]
         if int(n) == 0:
             return
         keep = np.zeros(int(n) + 1, dtype=bool)
-        for ax, at in _faces(boxes[i], shape):
+        for ax, at in box_faces(boxes[i], shape):
             # Only where the ROI window reaches that face too: elsewhere its edge is no face of the scan.
             if (at == 0 and lo[ax] > 0) or (at == -1 and hi[ax] < shape[ax]):
                 continue
