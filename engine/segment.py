@@ -64,6 +64,15 @@ class Segmentation:
     prob: Any = None
 
 
+def _window(start: np.ndarray, r, shape):
+    """A ROI of edge ``r`` placed at ``start`` and clipped to a volume of ``shape``: its first and last+1
+    voxel in the volume, and the slices that pick that part from the volume and from the ROI."""
+    lo, hi = np.maximum(start, 0), np.minimum(start + r, shape)
+    dst = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    src = tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))
+    return lo, hi, dst, src
+
+
 def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | None = None,
            dup_overlap: float = 0.0) -> int:
     """Paste one ROI's probabilities: voxels above ``thr`` and above the best so far take ``label``.
@@ -73,14 +82,9 @@ def _paste(owner, best, prob, start, label: int, thr: float, xp, sizes: dict | N
     into that vertebra's label instead. ``sizes`` (label -> mask voxels) is kept up to date. Returns the
     label used (0 if nothing was pasted).
     """
-    r = np.asarray(prob.shape)
-    lo = np.maximum(start, 0)
-    hi = np.minimum(start + r, owner.shape)
+    lo, hi, dst, src = _window(start, np.asarray(prob.shape), owner.shape)
     if np.any(hi <= lo):
         return 0
-    s_lo, s_hi = lo - start, hi - start
-    dst = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    src = tuple(slice(int(a), int(b)) for a, b in zip(s_lo, s_hi))
     p = prob[src]
     above = p > thr
     n_new = int(above.sum())
@@ -265,11 +269,9 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
     kept: list[tuple[np.ndarray, int, tuple[slice, slice, slice], int]] = []  # centre, voxels, box, source
 
     def paste(i: int, roi_prob, start: np.ndarray) -> None:
-        lo = np.maximum(start, 0)
-        hi = np.minimum(start + r, owner.shape)
+        lo, hi, win, src = _window(start, r, owner.shape)
         if np.any(hi <= lo):
             return
-        win = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         ow, pw = owner[win], prob[win]  # views: pasting writes through
         found = ow > 0
         best = pw.astype(xp.float32) / 255.0
@@ -277,7 +279,7 @@ def extend(seg: Segmentation, session, iso, centers_kji: np.ndarray, preprocess:
         # Vertebrae recovered earlier in this pass keep all of theirs: only masks the detector found can
         # have swallowed a missed neighbour (and only their book-keeping is updated by _give_back).
         best = xp.where(ow > m0, xp.float32(2.0), best)
-        pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
+        pr = roi_prob[src]
         above = pr > thr
         take = above & (pr > best)
         if not bool(take.any()):
@@ -387,14 +389,10 @@ def regrow(seg: Segmentation, session, iso, which: Sequence[int], preprocess: di
             if prob is not None:  # pieces cut off must not come back on the input grid
                 pv = prob[region[i]]
                 pv[(view == 0) & (pv > int(thr * 255))] = 0
-            rel = _find_boxes(view, i + 1)[i]
-            if rel is None:
-                voxels[i], boxes[i] = 0, None
-                continue
-            box = tuple(slice(s.start + f.start, s.stop + f.start) for s, f in zip(rel, region[i]))
-            mask = owner[box] == i + 1
-            voxels[i], boxes[i] = int(mask.sum()), box
-            centers[i] = _centroid(mask, np.array([b.start for b in box]), xp)
+            n, boxes[i], ctr = _refit(owner, i, region[i], xp)
+            voxels[i] = n
+            if n:
+                centers[i] = ctr
     return replace(seg, owner=owner, prob=prob, centers_kji=centers, voxels=voxels, boxes=boxes)
 
 
@@ -422,12 +420,15 @@ def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any]
     thr, r = mask_threshold(p, preprocess), int(preprocess["roi"])
     struct = xp.ones((3, 3, 3), dtype=bool)
 
+    region: dict[int, tuple[slice, slice, slice]] = {}
+
     def paste(k: int, roi_prob, start: np.ndarray) -> None:
         i = which[k]
-        lo, hi = np.maximum(start, 0), np.minimum(start + r, shape)
-        win = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        lo, hi, win, src = _window(start, r, shape)
+        # The grown mask lies within its old box and this window: its box and centroid are found there.
+        region[i] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(boxes[i], win))
         ow = owner[win]
-        pr = roi_prob[tuple(slice(int(a), int(b)) for a, b in zip(lo - start, hi - start))]
+        pr = roi_prob[src]
         mine = ow == i + 1
         free = (pr > thr) & (ow == 0)
         lab, n = ndi.label(free, structure=struct)
@@ -451,12 +452,8 @@ def keep_face_pieces(seg: Segmentation, session, iso, preprocess: dict[str, Any]
             pw[add] = xp.clip(pr[add] * 255.0 + 0.5, 0, 255).astype(xp.uint8)
 
     _run_rois(session, iso, centers[which], preprocess, max_batch, paste, None)
-    found = _find_boxes(owner, len(voxels))
     for i in which:
-        rel = found[i]
-        mask = owner[rel] == i + 1
-        voxels[i], boxes[i] = int(mask.sum()), rel
-        centers[i] = _centroid(mask, np.array([b.start for b in rel]), xp)
+        voxels[i], boxes[i], centers[i] = _refit(owner, i, region[i], xp)
     return replace(seg, owner=owner, prob=prob, centers_kji=centers, voxels=voxels, boxes=boxes)
 
 
@@ -558,6 +555,17 @@ def _beyond(take, lo, centre: np.ndarray, centers: np.ndarray, seen_labels, xp) 
 def _centroid(mask, lo, xp) -> np.ndarray:
     """(k, j, i) centroid on the host of a non-empty ``mask`` cut from the volume at ``lo``."""
     return to_numpy(xp.stack([c.astype(xp.float64).mean() for c in xp.nonzero(mask)])) + lo
+
+
+def _refit(owner, i: int, region: tuple[slice, ...], xp) -> tuple[int, Any, Any]:
+    """Voxel count, bounding box and centroid of vertebra ``i`` (0-based), looked for only inside
+    ``region`` (which must hold all of it); (0, None, None) if it has no voxel left."""
+    rel = _find_boxes(owner[region], i + 1)[i]
+    if rel is None:
+        return 0, None, None
+    box = tuple(slice(s.start + f.start, s.stop + f.start) for s, f in zip(rel, region))
+    mask = owner[box] == i + 1
+    return int(mask.sum()), box, _centroid(mask, np.array([b.start for b in box]), xp)
 
 
 def _give_back(old, mask, lo, centers: np.ndarray, voxels: np.ndarray, sizes: dict, xp) -> set[int]:
